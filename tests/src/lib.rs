@@ -1,1 +1,10 @@
-//! placeholder
+//! approle-testkit: the servers and harness that prove approle-injector on one machine.
+//!
+//! * [`vault_dev`] — an in-memory, Vault-compatible dev server (binary `vault-dev`).
+//! * [`kube_dev`] — a local Kubernetes API server with a kubelet simulator (binary `kube-dev`).
+//! * [`harness`] — starts the real binaries as processes on loopback, captures their output, and
+//!   offers the helpers the end-to-end tests and the sandbox share.
+
+pub mod harness;
+pub mod kube_dev;
+pub mod vault_dev;

@@ -1,0 +1,2 @@
+//! approle-sandbox binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! kube-dev binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Local Kubernetes API server and kubelet simulator.

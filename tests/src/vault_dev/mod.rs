@@ -1,0 +1,1 @@
+//! Vault-compatible dev server (see ../shared/vault-api.md).
