@@ -22,11 +22,13 @@ pub enum ExitCode {
     VaultLogin = 5,
     /// The token files could not be written.
     WriteFailed = 6,
+    /// Stopped by SIGTERM or SIGINT before a delivery completed.
+    Terminated = 7,
 }
 
 impl ExitCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ExitCode; 7] = [
+    pub const ALL: [ExitCode; 8] = [
         ExitCode::Delivered,
         ExitCode::Internal,
         ExitCode::BadConfig,
@@ -34,6 +36,7 @@ impl ExitCode {
         ExitCode::Security,
         ExitCode::VaultLogin,
         ExitCode::WriteFailed,
+        ExitCode::Terminated,
     ];
 
     /// The numeric process exit status.
@@ -53,6 +56,7 @@ impl ExitCode {
             }
             ExitCode::VaultLogin => "Vault unwrap or login failed",
             ExitCode::WriteFailed => "token files could not be written",
+            ExitCode::Terminated => "stopped by SIGTERM/SIGINT before a delivery",
         }
     }
 }
