@@ -21,6 +21,7 @@ pub mod annotations;
 pub mod exit;
 pub mod push;
 pub mod secret;
+pub mod telemetry;
 pub mod tls;
 pub mod tokenfile;
 pub mod vault;

@@ -1,0 +1,41 @@
+//! Logging setup shared by both binaries: `--log-level` (EnvFilter syntax) and
+//! `--log-format plain|json`, always to stderr so stdout stays free for machine-readable output.
+
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}; use plain or json")),
+        }
+    }
+}
+
+/// Installs the global subscriber. Fails on a bad filter expression.
+pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| format!("installing the logger: {e}"))
+}
