@@ -19,6 +19,7 @@
 
 pub mod annotations;
 pub mod exit;
+pub mod inject;
 pub mod push;
 pub mod secret;
 pub mod telemetry;
