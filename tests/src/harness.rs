@@ -1,1 +1,673 @@
-//! Process harness for end-to-end tests and the sandbox.
+//! Process harness shared by the end-to-end tests and the sandbox.
+//!
+//! ```text
+//!  Stack::start ─▶ vault-dev (process) ─┐
+//!               ─▶ kube-dev  (process) ─┼─▶ configure Vault (approle mount, policies, role,
+//!                                       │   controller token) and the injector CA
+//!               ─▶ approle-controller (process, plain kubeconfig)
+//!  kube-dev's kubelet runs approle-init as a process per pod, on the pod's own 127.x.y.z address.
+//! ```
+//!
+//! Every process writes its stdout and stderr to a file in the stack's directory (kube-dev keeps
+//! container logs under its root dir), so a test can scan all captured output for secrets.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use approle_shared::annotations::InjectionSpec;
+use approle_shared::inject::{self, InjectConfig};
+use approle_shared::tls::{Ca, Usage};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Root token of every vault-dev the harness starts.
+pub const ROOT_TOKEN: &str = "root-token-for-tests";
+/// The AppRole the harness configures.
+pub const ROLE: &str = "web";
+/// Policy the role's tokens get.
+pub const ROLE_POLICY: &str = "web-kv";
+
+/// Installs the ring provider (idempotent).
+pub fn install_crypto() {
+    approle_shared::tls::install_crypto_provider();
+}
+
+/// Path of a binary built from this workspace, next to the running test or sandbox binary.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is not built; run `cargo build --workspace --bins` (same profile) first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process whose output goes to a log file. Killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// Short name (also the log file's stem).
+    pub name: String,
+    /// Log file with stdout and stderr.
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd`, logging to `<dir>/<name>.log`, and waits (until `deadline`) for a stdout line
+    /// starting with `ready_prefix` if given; returns that line too.
+    pub async fn spawn(
+        name: &str,
+        mut cmd: Command,
+        dir: &Path,
+        ready_prefix: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(Self, Option<String>)> {
+        let log = dir.join(format!("{name}.log"));
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .await
+            .with_context(|| format!("opening {}", log.display()))?;
+        let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        let mut ready_tx = Some(ready_tx);
+        let prefix = ready_prefix.map(str::to_owned);
+        if let Some(out) = child.stdout.take() {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = file
+                        .lock()
+                        .await
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await;
+                    if prefix.as_deref().is_some_and(|p| line.starts_with(p)) {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = file
+                        .lock()
+                        .await
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await;
+                }
+            });
+        }
+        let mut proc = Proc {
+            name: name.to_owned(),
+            log,
+            child,
+        };
+        if ready_prefix.is_none() {
+            return Ok((proc, None));
+        }
+        match tokio::time::timeout(timeout, ready_rx).await {
+            Ok(Ok(line)) => Ok((proc, Some(line))),
+            _ => {
+                let status = proc.child.try_wait().ok().flatten();
+                let log = tokio::fs::read_to_string(&proc.log)
+                    .await
+                    .unwrap_or_default();
+                Err(anyhow!(
+                    "{name} did not become ready (exit: {status:?}); its output:\n{log}"
+                ))
+            }
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (through `kill`, as `unsafe` is not allowed here).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for exit until `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("{} did not exit within {timeout:?}", self.name))?
+            .with_context(|| format!("waiting for {}", self.name))
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process now.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The output captured so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Value of `key=` in a ready line (`... key=value ...`).
+pub fn ready_field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_owned))
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Options of a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Start the controller too.
+    pub controller: bool,
+    /// Extra controller arguments.
+    pub controller_args: Vec<String>,
+    /// How long the init container waits for a push.
+    pub init_timeout: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            controller: true,
+            controller_args: Vec::new(),
+            init_timeout: "60s".into(),
+        }
+    }
+}
+
+/// vault-dev + kube-dev (+ the controller), configured like a small real installation.
+pub struct Stack {
+    /// Directory with logs, kubeconfig, certificates.
+    pub dir: tempfile::TempDir,
+    /// vault-dev.
+    pub vault: Proc,
+    /// Its URL.
+    pub vault_url: String,
+    /// Its unseal key.
+    pub unseal_key: String,
+    /// kube-dev.
+    pub kube: Proc,
+    /// kubeconfig written by kube-dev.
+    pub kubeconfig: PathBuf,
+    /// kube-dev's kubelet root dir (pod volumes and container logs).
+    pub kube_root: PathBuf,
+    /// The controller, if started.
+    pub controller: Option<Proc>,
+    /// The injector CA.
+    pub ca: Ca,
+    /// Client for Vault administration (root token).
+    pub http: reqwest::Client,
+    /// The controller's Vault token.
+    pub controller_token: String,
+    /// Kubernetes client (same kubeconfig as the controller).
+    pub kube_client: kube::Client,
+    options: StackOptions,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One stack at a time per process: every kube-dev hands out pod IPs from the same range.
+static STACK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the stack lock for a test's duration.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    STACK_LOCK.lock().await
+}
+
+impl Stack {
+    /// Starts everything.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        install_crypto();
+        let dir = tempfile::Builder::new()
+            .prefix("approle-stack.")
+            .tempdir()?;
+        let ready = Duration::from_secs(30);
+
+        let mut vcmd = Command::new(bin_path("vault-dev")?);
+        vcmd.args(["--listen", "127.0.0.1:0", "--root-token", ROOT_TOKEN])
+            .arg("--audit-log")
+            .arg(dir.path().join("vault-audit.log"));
+        let kube_root = dir.path().join("kubelet");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut kcmd = Command::new(bin_path("kube-dev")?);
+        kcmd.args(["--listen", "127.0.0.1:0"])
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .arg("--root-dir")
+            .arg(&kube_root)
+            .arg("--init-binary")
+            .arg(bin_path("approle-init")?);
+        let (v, k) = tokio::join!(
+            Proc::spawn(
+                "vault-dev",
+                vcmd,
+                dir.path(),
+                Some("vault-dev ready:"),
+                ready
+            ),
+            Proc::spawn("kube-dev", kcmd, dir.path(), Some("kube-dev ready:"), ready),
+        );
+        let (vault, vline) = v?;
+        let (kube, _) = k?;
+        let vline = vline.unwrap_or_default();
+        let vault_url = ready_field(&vline, "addr").context("vault-dev ready line has no addr")?;
+        let unseal_key = ready_field(&vline, "unseal_key").unwrap_or_default();
+
+        let http = reqwest::Client::builder()
+            .tls_certs_only(Vec::new())
+            .build()?;
+        let ca = Ca::generate("approle-injector test CA", Duration::from_secs(24 * 3600))?;
+        let kube_config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &Default::default(),
+        )
+        .await?;
+        let kube_client = kube::Client::try_from(kube_config)?;
+        let mut stack = Stack {
+            dir,
+            vault,
+            vault_url,
+            unseal_key,
+            kube,
+            kubeconfig,
+            kube_root,
+            controller: None,
+            ca,
+            http,
+            controller_token: String::new(),
+            kube_client,
+            options,
+        };
+        stack.configure_vault().await?;
+        if stack.options.controller {
+            stack.start_controller().await?;
+        }
+        Ok(stack)
+    }
+
+    /// A Vault call with the root token; returns status and JSON body (`Null` for 204).
+    pub async fn vault(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.vault_url))
+            .header("X-Vault-Token", ROOT_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)?
+        };
+        Ok((status, value))
+    }
+
+    async fn vault_ok(&self, method: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, value) = self.vault(method, path, Some(body)).await?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    async fn configure_vault(&mut self) -> anyhow::Result<()> {
+        self.vault_ok("POST", "sys/auth/approle", json!({"type": "approle"}))
+            .await?;
+        self.vault_ok(
+            "POST",
+            "sys/mounts/secret",
+            json!({"type": "kv", "options": {"version": "2"}}),
+        )
+        .await?;
+        self.vault_ok(
+            "PUT",
+            "sys/policies/acl/approle-controller",
+            json!({"policy": r#"
+path "auth/approle/role/+/role-id" { capabilities = ["read"] }
+path "auth/approle/role/+/secret-id" { capabilities = ["update"] }
+path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
+"#}),
+        )
+        .await?;
+        self.vault_ok(
+            "PUT",
+            &format!("sys/policies/acl/{ROLE_POLICY}"),
+            json!({"policy": r#"path "secret/data/web/*" { capabilities = ["read"] }"#}),
+        )
+        .await?;
+        self.create_role(ROLE).await?;
+        self.vault_ok(
+            "POST",
+            "secret/data/web/config",
+            json!({"data": {"greeting": "hello"}}),
+        )
+        .await?;
+        let created = self
+            .vault_ok(
+                "POST",
+                "auth/token/create",
+                json!({"policies": ["approle-controller"], "ttl": "1h", "display_name": "approle-controller"}),
+            )
+            .await?;
+        self.controller_token = created["auth"]["client_token"]
+            .as_str()
+            .context("token/create returned no client_token")?
+            .to_owned();
+        std::fs::write(
+            self.dir.path().join("controller-token"),
+            &self.controller_token,
+        )?;
+        Ok(())
+    }
+
+    /// Creates (or updates) an AppRole with the harness's token settings.
+    pub async fn create_role(&self, role: &str) -> anyhow::Result<()> {
+        self.vault_ok(
+            "POST",
+            &format!("auth/approle/role/{role}"),
+            json!({"token_policies": [ROLE_POLICY], "token_ttl": "20m", "token_max_ttl": "1h",
+                   "secret_id_ttl": "10m", "secret_id_num_uses": 1}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the controller with the stack's kubeconfig.
+    pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        let client = self.ca.issue(
+            "approle-controller",
+            &[],
+            Usage::Client,
+            Duration::from_secs(3600),
+        )?;
+        let cert = self.dir.path().join("controller.crt");
+        let key = self.dir.path().join("controller.key");
+        std::fs::write(&cert, &client.cert_pem)?;
+        std::fs::write(&key, &client.key_pem)?;
+        let mut cmd = Command::new(bin_path("approle-controller")?);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("APPROLE_CONTROLLER_VAULT_ADDR", &self.vault_url)
+            .env(
+                "APPROLE_CONTROLLER_VAULT_TOKEN_FILE",
+                self.dir.path().join("controller-token"),
+            )
+            .env("APPROLE_CONTROLLER_CLIENT_CERT", &cert)
+            .env("APPROLE_CONTROLLER_CLIENT_KEY", &key)
+            .env(
+                "APPROLE_CONTROLLER_LOG_LEVEL",
+                "info,approle_controller=debug",
+            )
+            .args(&self.options.controller_args);
+        let n = std::fs::read_dir(self.dir.path())?.count();
+        let (proc, _) = Proc::spawn(
+            &format!("controller-{n}"),
+            cmd,
+            self.dir.path(),
+            None,
+            Duration::from_secs(5),
+        )
+        .await?;
+        self.controller = Some(proc);
+        Ok(())
+    }
+
+    /// Injector settings as the webhook will use them.
+    pub fn inject_config(&self) -> InjectConfig {
+        InjectConfig {
+            image: "ghcr.io/approle-injector/approle-init:dev".into(),
+            vault_addr: self.vault_url.clone(),
+            vault_ca_pem: None,
+            injector_ca_pem: self.ca.cert_pem().to_owned(),
+            approle_mount: "approle".into(),
+            timeout: self.options.init_timeout.clone(),
+            resources: inject::default_resources(),
+        }
+    }
+
+    /// An app pod with `annotations`, injected like the webhook does when they opt in.
+    pub fn pod(&self, name: &str, annotations: Value) -> anyhow::Result<Pod> {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations, "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}], "restartPolicy": "Always"}
+        }))?;
+        if let Ok(Some(spec)) = InjectionSpec::from_annotations(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&Default::default()),
+        ) {
+            inject::inject(&mut pod, &spec, &self.inject_config());
+        }
+        Ok(pod)
+    }
+
+    /// Creates a pod in `default`.
+    pub async fn create(&self, pod: &Pod) -> anyhow::Result<Pod> {
+        Ok(self.pods().create(&PostParams::default(), pod).await?)
+    }
+
+    /// Pods in `default`.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.kube_client.clone(), "default")
+    }
+
+    /// Deletes a pod in `default`.
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        self.pods().delete(name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    /// Waits until `check` accepts the pod.
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Pod) -> bool,
+    ) -> anyhow::Result<Pod> {
+        let api = self.pods();
+        let check = &check;
+        wait_for(&format!("pod {name}: {what}"), timeout, || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok().flatten().filter(|p| check(p)) }
+        })
+        .await
+    }
+
+    /// Host directory of a pod's credential volume.
+    pub fn volume_dir(&self, pod: &Pod) -> PathBuf {
+        self.kube_root
+            .join("pods")
+            .join(pod.metadata.uid.as_deref().unwrap_or_default())
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(inject::VOLUME_NAME)
+    }
+
+    /// Reads the token a pod received.
+    pub fn pod_token(&self, pod: &Pod) -> anyhow::Result<String> {
+        let path = self
+            .volume_dir(pod)
+            .join(approle_shared::tokenfile::TOKEN_FILE);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Events (events.k8s.io/v1) about a pod, as (reason, note) pairs.
+    pub async fn events_for(&self, pod_name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.kube_client.clone(), "default");
+        let list = api.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod_name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Waits for an Event with `reason` on a pod; returns its note.
+    pub async fn wait_event(
+        &self,
+        pod_name: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        wait_for(
+            &format!("event {reason} on {pod_name}"),
+            timeout,
+            || async {
+                self.events_for(pod_name)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|(r, _)| r == reason)
+                    .map(|(_, note)| note)
+            },
+        )
+        .await
+    }
+
+    /// vault-dev's audit log as JSON values.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("vault-audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Number of secret-id generations for `role` in the audit log.
+    pub fn secret_id_mints(&self, role: &str) -> usize {
+        let path = format!("auth/approle/role/{role}/secret-id");
+        self.audit()
+            .iter()
+            .filter(|e| e["path"].as_str() == Some(path.as_str()))
+            .count()
+    }
+
+    /// Accessors of live secret_ids of `role` (`LIST auth/approle/role/<role>/secret-id`).
+    pub async fn live_secret_ids(&self, role: &str) -> anyhow::Result<Vec<String>> {
+        let (status, body) = self
+            .vault("LIST", &format!("auth/approle/role/{role}/secret-id"), None)
+            .await?;
+        match status {
+            404 => Ok(Vec::new()),
+            200 => Ok(body["data"]["keys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            other => bail!("listing secret-ids: {other} {body}"),
+        }
+    }
+
+    /// Every captured output: the stack's own logs and every container log under kube-dev.
+    pub fn all_output(&self) -> String {
+        let mut out = String::new();
+        let mut stack = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    // Pod volumes hold the delivered tokens themselves: not output.
+                    if !p.ends_with("volumes") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "log") {
+                    out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    /// Fails if any `secret` appears in any captured output.
+    pub fn assert_no_secrets(&self, secrets: &[&str]) {
+        let out = self.all_output();
+        assert!(!out.is_empty(), "no output was captured at all");
+        for s in secrets.iter().filter(|s| s.len() >= 8) {
+            assert!(
+                !out.contains(s),
+                "a secret ({}…) leaked into captured output",
+                &s[..4]
+            );
+        }
+    }
+}

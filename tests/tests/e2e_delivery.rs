@@ -1,0 +1,268 @@
+//! End to end through Kubernetes: vault-dev, kube-dev (whose kubelet runs the real approle-init as
+//! a process on the pod's own 127.x.y.z address) and the real approle-controller binary.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+const STATUS: &str = "vault-approle.io/status";
+const ACCESSOR: &str = "vault-approle.io/token-accessor";
+const DELIVERY: Duration = Duration::from_secs(60);
+
+fn delivered(p: &Pod) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STATUS))
+        .is_some_and(|s| s == "delivered")
+}
+
+fn pod_ip(p: &Pod) -> IpAddr {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .expect("pod IP")
+        .parse()
+        .expect("IP")
+}
+
+/// GET `path` on Vault with `token`, from `source` as local address.
+async fn vault_get(url: &str, path: &str, token: &str, source: IpAddr) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .local_address(source)
+        .tls_certs_only(Vec::new())
+        .build()
+        .expect("client");
+    let resp = client
+        .get(format!("{url}/v1/{path}"))
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_pod_gets_a_working_token_bound_to_its_own_address() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let pod = stack
+        .pod("web-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+
+    let pod = stack
+        .wait_pod("web-0", "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let ip = pod_ip(&pod);
+    let token = stack.pod_token(&pod).expect("token file");
+    let accessor = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACCESSOR))
+        .cloned();
+
+    // The token works from the pod's own address...
+    let (status, body) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Some(
+            body["data"]["accessor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        ),
+        accessor
+    );
+    assert_eq!(body["data"]["meta"]["pod"], "web-0");
+    assert_eq!(body["data"]["meta"]["role_name"], ROLE);
+    let (status, body) = vault_get(&stack.vault_url, "secret/data/web/config", &token, ip).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["data"]["greeting"], "hello");
+    // ...and from no other.
+    let other: IpAddr = "127.0.0.1".parse().expect("ip");
+    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, other).await;
+    assert_eq!(
+        status, 403,
+        "a token bound to the pod IP must be refused elsewhere"
+    );
+
+    // Files: token (no newline) and token.json, mode 0440.
+    let dir = stack.volume_dir(&pod);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("token.json")).expect("token.json"))
+            .expect("json");
+    assert_eq!(json["client_token"], token.as_str());
+    assert_eq!(json["role"], ROLE);
+    assert_eq!(
+        json["pod_uid"],
+        pod.metadata.uid.clone().unwrap_or_default()
+    );
+    for f in ["token", "token.json"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o440, "{f}");
+    }
+
+    // Exactly one secret_id was minted, none is left alive, and the Event says what happened.
+    assert_eq!(stack.secret_id_mints(ROLE), 1);
+    assert!(stack.live_secret_ids(ROLE).await.expect("list").is_empty());
+    let note = stack
+        .wait_event("web-0", "SecretIdDelivered", Duration::from_secs(10))
+        .await
+        .expect("event");
+    assert!(note.contains(accessor.as_deref().unwrap_or("?")), "{note}");
+
+    // The init container ended with 0 and the app started.
+    let pod = stack
+        .wait_pod("web-0", "running", Duration::from_secs(30), |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await
+        .expect("running");
+    let init = &pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.clone())
+        .expect("statuses")[0];
+    let exit = init
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| t.exit_code);
+    assert_eq!(exit, Some(0));
+
+    stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_annotation_gets_an_event_and_no_vault_call() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    // Injected for a valid spec, then the user's typo added: what a stale webhook would let through.
+    let mut pod = stack
+        .pod("typo-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("vault-approle.io/prot".into(), "8643".into());
+    stack.create(&pod).await.expect("create");
+    let note = stack
+        .wait_event("typo-0", "InvalidAnnotation", DELIVERY)
+        .await
+        .expect("InvalidAnnotation event");
+    assert!(
+        note.contains("vault-approle.io/prot") && note.contains("vault-approle.io/port"),
+        "{note}"
+    );
+    assert_eq!(
+        stack.secret_id_mints(ROLE),
+        0,
+        "no secret_id may be minted for an invalid pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_role_fails_with_an_event_then_delivers_once_the_role_exists() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let pod = stack
+        .pod("late-0", json!({"vault-approle.io/role": "late"}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let note = stack
+        .wait_event("late-0", "DeliveryFailed", DELIVERY)
+        .await
+        .expect("DeliveryFailed event");
+    assert!(note.contains("late"), "{note}");
+    stack.create_role("late").await.expect("create role");
+    stack
+        .wait_pod(
+            "late-0",
+            "delivered after the role appeared",
+            DELIVERY,
+            delivered,
+        )
+        .await
+        .expect("delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_outage_gets_backoff_and_delivery_when_it_returns() {
+    let _one = harness::exclusive().await;
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let (status, _) = stack.vault("PUT", "sys/seal", None).await.expect("seal");
+    assert_eq!(status, 204);
+    let pod = stack
+        .pod("outage-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let note = stack
+        .wait_event("outage-0", "DeliveryFailed", DELIVERY)
+        .await
+        .expect("DeliveryFailed while sealed");
+    assert!(note.contains("503") || note.contains("sealed"), "{note}");
+    let key = stack.unseal_key.clone();
+    let (status, body) = stack
+        .vault("PUT", "sys/unseal", Some(json!({"key": key})))
+        .await
+        .expect("unseal");
+    assert_eq!(status, 200, "{body}");
+    stack
+        .wait_pod("outage-0", "delivered after unseal", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let controller = stack.controller.as_mut().expect("controller");
+    assert!(
+        controller.is_running(),
+        "the controller must survive the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_deleted_during_delivery_gets_its_secret_id_destroyed() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    // The init container listens on another port than the annotation says, so pushes never land.
+    let mut pod = stack
+        .pod("gone-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    let spec = pod.spec.as_mut().expect("spec");
+    let init = &mut spec.init_containers.as_mut().expect("inits")[0];
+    for e in init.env.as_mut().expect("env") {
+        if e.name == "APPROLE_INIT_LISTEN" {
+            e.value = Some("0.0.0.0:9998".into());
+        }
+    }
+    stack.create(&pod).await.expect("create");
+    harness::wait_for("a live secret_id for the pod", DELIVERY, || async {
+        stack
+            .live_secret_ids(ROLE)
+            .await
+            .ok()
+            .filter(|l| !l.is_empty())
+    })
+    .await
+    .expect("minted");
+    stack.delete("gone-0").await.expect("delete");
+    harness::wait_for("the secret_id to be destroyed", DELIVERY, || async {
+        stack
+            .live_secret_ids(ROLE)
+            .await
+            .ok()
+            .filter(|l| l.is_empty())
+    })
+    .await
+    .expect("destroyed");
+}
