@@ -181,13 +181,18 @@ fn unseal(st: &mut State, req: &Req) -> HResult {
 }
 
 fn mount_entry(info: &MountInfo, local: bool) -> Value {
+    let auth = matches!(info.kind.as_str(), "approle" | "token");
+    let mut config = json!({
+        "default_lease_ttl": 0,
+        "force_no_cache": false,
+        "max_lease_ttl": 0,
+    });
+    if auth {
+        config["token_type"] = json!("default-service");
+    }
     json!({
         "accessor": info.accessor,
-        "config": {
-            "default_lease_ttl": 0,
-            "force_no_cache": false,
-            "max_lease_ttl": 0,
-        },
+        "config": config,
         "description": info.description,
         "external_entropy_access": false,
         "local": local,
