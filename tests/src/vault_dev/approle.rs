@@ -543,16 +543,16 @@ fn role_write(be: &mut AppRoleBackend, req: &Req, name: &str) -> HResult {
             "at least one constraint should be enabled on the role",
         ));
     }
-    if let Some(owner) = be.role_ids.get(&role.role_id) {
-        if owner != name {
-            return Err(Fail::multi(500, "role_id already in use"));
-        }
+    if let Some(owner) = be.role_ids.get(&role.role_id)
+        && owner != name
+    {
+        return Err(Fail::multi(500, "role_id already in use"));
     }
-    if let Some(old) = be.roles.get(name) {
-        if old.role_id != role.role_id {
-            let old_id = old.role_id.clone();
-            be.role_ids.remove(&old_id);
-        }
+    if let Some(old) = be.roles.get(name)
+        && old.role_id != role.role_id
+    {
+        let old_id = old.role_id.clone();
+        be.role_ids.remove(&old_id);
     }
     be.role_ids.insert(role.role_id.clone(), name.to_string());
     be.roles.insert(name.to_string(), role);
@@ -587,10 +587,10 @@ fn parse_metadata(input: &str) -> Result<BTreeMap<String, String>, Fail> {
     if s.is_empty() {
         return Ok(BTreeMap::new());
     }
-    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&s) {
-        if let Ok(text) = String::from_utf8(bytes) {
-            s = text;
-        }
+    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&s)
+        && let Ok(text) = String::from_utf8(bytes)
+    {
+        s = text;
     }
     if let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&s) {
         if map.iter().any(|(k, v)| k.is_empty() || v.is_empty()) {
@@ -654,10 +654,9 @@ fn generate(be: &mut AppRoleBackend, req: &Req, name: &str, custom: Option<Strin
             .secret_id_bound_cidrs
             .as_ref()
             .filter(|c| !c.is_empty())
+            && !util::cidrs_subset(role_cidrs, &cidr_list)
         {
-            if !util::cidrs_subset(role_cidrs, &cidr_list) {
-                return Err(subset_error(role_cidrs, &cidr_list));
-            }
+            return Err(subset_error(role_cidrs, &cidr_list));
         }
     }
     let token_bound_cidrs = match req.get("token_bound_cidrs") {
@@ -785,13 +784,13 @@ fn login(st: &mut State, req: &Req, mount: &str) -> HResult {
         .ok_or_else(Fail::unsupported_path)?;
     let lock_key = format!("{mount_accessor}/{role_id}");
     let threshold = st.lockout_threshold;
-    if threshold > 0 {
-        if let Some((count, last)) = st.lockouts.get(&lock_key).copied() {
-            if now.duration_since(last) >= LOCKOUT {
-                st.lockouts.remove(&lock_key);
-            } else if count >= threshold {
-                return Err(Fail::new(403, "permission denied"));
-            }
+    if threshold > 0
+        && let Some((count, last)) = st.lockouts.get(&lock_key).copied()
+    {
+        if now.duration_since(last) >= LOCKOUT {
+            st.lockouts.remove(&lock_key);
+        } else if count >= threshold {
+            return Err(Fail::new(403, "permission denied"));
         }
     }
     let checked = check_credentials(st, req, mount, &role_id);
@@ -894,13 +893,12 @@ fn check_credentials(
         .secret_id_bound_cidrs
         .as_ref()
         .filter(|c| !c.is_empty())
+        && !util::ip_in_cidrs(remote, cidrs)
     {
-        if !util::ip_in_cidrs(remote, cidrs) {
-            return Err(Fail::bad(format!(
-                "source address {} unauthorized by CIDR restrictions on the role: %!w(<nil>)",
-                util::go_quote(&remote.to_string())
-            )));
-        }
+        return Err(Fail::bad(format!(
+            "source address {} unauthorized by CIDR restrictions on the role: %!w(<nil>)",
+            util::go_quote(&remote.to_string())
+        )));
     }
     if token_bound_cidrs.is_empty() {
         token_bound_cidrs = role.token_bound_cidrs.clone();

@@ -78,11 +78,11 @@ impl Audit {
 
     /// Record one entry.
     pub fn record(&self, e: AuditEntry) {
-        if let Some((tx, _)) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            if let Ok(mut line) = serde_json::to_string(&e) {
-                line.push('\n');
-                let _ = tx.send(line);
-            }
+        if let Some((tx, _)) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && let Ok(mut line) = serde_json::to_string(&e)
+        {
+            line.push('\n');
+            let _ = tx.send(line);
         }
         self.entries
             .lock()

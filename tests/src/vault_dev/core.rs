@@ -105,6 +105,8 @@ impl Resp {
 }
 
 /// What a handler produced.
+// Outcomes live for one request and are moved once; boxing `Resp` would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// 204 No Content.
@@ -397,15 +399,15 @@ impl Core {
                     wrapping_token_of(req).and_then(|t| live_wrapping(st, &t, now).map(|_| ()));
                 if let Err(f) = validated {
                     // A presented header token is still charged a use, as core does.
-                    if let Some(h) = &req.token {
-                        if let Some(t) = st.tokens.live(h, now) {
-                            *accessor_out = t.accessor.clone();
-                            if t.num_uses == 1 {
-                                let id = t.id.clone();
-                                st.tokens.remove(&id);
-                            } else if t.num_uses > 1 {
-                                t.num_uses -= 1;
-                            }
+                    if let Some(h) = &req.token
+                        && let Some(t) = st.tokens.live(h, now)
+                    {
+                        *accessor_out = t.accessor.clone();
+                        if t.num_uses == 1 {
+                            let id = t.id.clone();
+                            st.tokens.remove(&id);
+                        } else if t.num_uses > 1 {
+                            t.num_uses -= 1;
                         }
                     }
                     return HttpOut::fail(&f);

@@ -205,12 +205,12 @@ impl KvBackend {
                 if secret.cas_required && cas.is_none() {
                     return Err(Fail::bad("check-and-set parameter required for this call"));
                 }
-                if let Some(cas) = cas {
-                    if cas as u64 != secret.current {
-                        return Err(Fail::bad(
-                            "check-and-set parameter did not match the current version",
-                        ));
-                    }
+                if let Some(cas) = cas
+                    && cas as u64 != secret.current
+                {
+                    return Err(Fail::bad(
+                        "check-and-set parameter did not match the current version",
+                    ));
                 }
                 secret.current += 1;
                 secret.updated = now;
@@ -241,10 +241,10 @@ impl KvBackend {
             ("data", Op::Delete) => {
                 if let Some(s) = self.v2.get_mut(path) {
                     let cur = s.current;
-                    if let Some(v) = s.versions.get_mut(&cur) {
-                        if v.deletion.is_none() {
-                            v.deletion = Some(now);
-                        }
+                    if let Some(v) = s.versions.get_mut(&cur)
+                        && v.deletion.is_none()
+                    {
+                        v.deletion = Some(now);
                     }
                 }
                 Ok(Outcome::NoContent)

@@ -52,10 +52,10 @@ pub fn handle(st: &mut State, req: &Req, rest: &str, caller: Option<&Caller>) ->
                 st.tokens.revoke_orphan(&id);
                 return Ok(Outcome::NoContent);
             }
-            if let Some(t) = st.tokens.live(&id, req.now) {
-                if t.batch {
-                    return Err(Fail::bad("batch tokens cannot be revoked"));
-                }
+            if let Some(t) = st.tokens.live(&id, req.now)
+                && t.batch
+            {
+                return Err(Fail::bad("batch tokens cannot be revoked"));
             }
             st.tokens.remove(&id);
             Ok(Outcome::NoContent)
@@ -318,16 +318,16 @@ fn renew(st: &mut State, req: &Req, id: &str) -> HResult {
     };
     let mut new_expire = add(now, wanted);
     let mut warnings = Vec::new();
-    if let Some(max) = t.max_expire {
-        if new_expire > max {
-            new_expire = max;
-            let left = (max.as_second() - now.as_second()).max(0);
-            warnings.push(format!(
-                "TTL of {} exceeded the effective max_ttl of {}; TTL value is capped accordingly",
-                util::go_quote(&util::go_duration(wanted)),
-                util::go_quote(&util::go_duration(left))
-            ));
-        }
+    if let Some(max) = t.max_expire
+        && new_expire > max
+    {
+        new_expire = max;
+        let left = (max.as_second() - now.as_second()).max(0);
+        warnings.push(format!(
+            "TTL of {} exceeded the effective max_ttl of {}; TTL value is capped accordingly",
+            util::go_quote(&util::go_duration(wanted)),
+            util::go_quote(&util::go_duration(left))
+        ));
     }
     t.expire = Some(new_expire);
     t.last_renewal = Some(now);

@@ -172,10 +172,10 @@ pub fn parse_duration_str(s: &str) -> Result<i64, String> {
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }
-    if let Some(days) = s.strip_suffix('d') {
-        if let Ok(n) = days.parse::<i64>() {
-            return Ok(n * 86400);
-        }
+    if let Some(days) = s.strip_suffix('d')
+        && let Ok(n) = days.parse::<i64>()
+    {
+        return Ok(n * 86400);
     }
     go_parse_duration(s)
 }
