@@ -102,6 +102,22 @@ async fn vaultrs_runs_the_approle_flow_end_to_end() {
     let root = client(&server, ROOT);
     let role_id = setup(&root).await;
 
+    let auths = sys::auth::list(&root).await.expect("auth list");
+    assert_eq!(auths["approle/"].mount_type, "approle");
+    assert_eq!(auths["token/"].mount_type, "token");
+    let mounts = sys::mount::list(&root).await.expect("mount list");
+    assert_eq!(
+        mounts["secret/"]
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .map(String::as_str),
+        Some("2")
+    );
+    let policy = sys::policy::read(&root, "web-app-kv")
+        .await
+        .expect("policy read");
+    assert!(policy.rules.contains("secret/data/web-app/*"));
     let health = sys::health(&root).await.expect("health");
     assert!(!health.sealed);
 

@@ -1096,6 +1096,32 @@ async fn secret_id_cidrs_use_the_tcp_peer_and_uses_burn_before_the_check() {
         "both uses are gone"
     );
 
+    // A secret id is refused from the moment its TTL runs out.
+    let short = secret_id(&api, json!({"ttl": "1s"})).await;
+    assert_eq!(short["secret_id_ttl"], 1);
+    let short = short["secret_id"].as_str().expect("sid").to_string();
+    let lookup_body = json!({"secret_id": short});
+    wait_until("the 1s secret id to expire", || {
+        let api = &api;
+        let lookup_body = lookup_body.clone();
+        async move {
+            api.root(
+                "POST",
+                "/v1/auth/approle/role/web-app/secret-id/lookup",
+                Some(lookup_body),
+            )
+            .await
+            .status
+                == 204
+        }
+    })
+    .await;
+    let a = api.login(&role_id, &short).await;
+    assert_eq!(
+        (a.status, a.body),
+        (400, Answer::errors_body(&["invalid role or secret ID"]))
+    );
+
     // Role-level secret_id_bound_cidrs.
     api.ok(
         "POST",
@@ -1276,6 +1302,66 @@ async fn tokens_honour_bound_cidrs_acl_ttl_and_use_limits() {
         )
         .await;
     assert_eq!(a.status, 400);
+
+    // Batch tokens from a batch role: hvb. prefix, no accessor, not renewable, still usable.
+    api.ok(
+        "POST",
+        "/v1/auth/approle/role/batchy",
+        Some(json!({"token_type": "batch", "token_policies": ["web-app-kv"]})),
+    )
+    .await;
+    let batch_role_id = api
+        .ok("GET", "/v1/auth/approle/role/batchy/role-id", None)
+        .await["data"]["role_id"]
+        .as_str()
+        .expect("role id")
+        .to_string();
+    let sid = api
+        .ok(
+            "POST",
+            "/v1/auth/approle/role/batchy/secret-id",
+            Some(json!({})),
+        )
+        .await["data"]["secret_id"]
+        .as_str()
+        .expect("sid")
+        .to_string();
+    let auth = api.login(&batch_role_id, &sid).await.json()["auth"].clone();
+    assert!(
+        auth["client_token"]
+            .as_str()
+            .expect("t")
+            .starts_with("hvb.")
+    );
+    assert_eq!(auth["accessor"], "");
+    assert_eq!(auth["renewable"], false);
+    assert_eq!(auth["token_type"], "batch");
+    let a = api
+        .call(
+            "GET",
+            "/v1/auth/token/lookup-self",
+            auth["client_token"].as_str(),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.json()["data"]["type"], "batch");
+    let a = api
+        .call(
+            "POST",
+            "/v1/auth/token/renew-self",
+            auth["client_token"].as_str(),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body),
+        (
+            400,
+            Answer::errors_body(&["batch tokens cannot be renewed"])
+        )
+    );
 
     // Revoke by accessor.
     let created = api

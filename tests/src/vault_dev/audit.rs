@@ -4,6 +4,7 @@
 //! Entries record the token *accessor*, never a token, secret_id or wrapping token; paths are
 //! recorded without query strings (which may carry `?token=` or `?secret_id=`).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
@@ -35,10 +36,15 @@ pub struct AuditEntry {
     pub wrapped: bool,
 }
 
+/// How many entries are kept in memory (the oldest are dropped first), so a long benchmark does
+/// not grow without bound; the file, when configured, keeps everything.
+pub const MEMORY_ENTRIES: usize = 262_144;
+
 /// The audit sink.
 #[derive(Debug)]
 pub struct Audit {
-    entries: Mutex<Vec<AuditEntry>>,
+    entries: Mutex<VecDeque<AuditEntry>>,
+    total: std::sync::atomic::AtomicU64,
     file: Mutex<Option<(mpsc::Sender<String>, JoinHandle<()>)>>,
 }
 
@@ -71,7 +77,8 @@ impl Audit {
             }
         };
         Ok(Arc::new(Audit {
-            entries: Mutex::new(Vec::new()),
+            entries: Mutex::new(VecDeque::new()),
+            total: std::sync::atomic::AtomicU64::new(0),
             file: Mutex::new(file),
         }))
     }
@@ -84,18 +91,28 @@ impl Audit {
             line.push('\n');
             let _ = tx.send(line);
         }
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MEMORY_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back(e);
     }
 
-    /// A copy of all entries so far.
+    /// How many requests were audited since start (including entries no longer in memory).
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A copy of the entries kept in memory (the most recent [`MEMORY_ENTRIES`]).
     pub fn entries(&self) -> Vec<AuditEntry> {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Stop the file writer after flushing everything queued.

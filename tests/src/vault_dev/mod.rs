@@ -304,9 +304,15 @@ impl Running {
         line
     }
 
-    /// Every audited request so far.
+    /// The audited requests so far (the most recent 262144 are kept in memory; the audit file,
+    /// when configured, has all of them).
     pub fn audit_entries(&self) -> Vec<AuditEntry> {
         self.core.audit().entries()
+    }
+
+    /// How many requests were audited since start.
+    pub fn audit_total(&self) -> u64 {
+        self.core.audit().total()
     }
 
     /// Seal (every endpoint but health/seal-status/unseal answers 503).

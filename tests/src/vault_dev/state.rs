@@ -243,11 +243,28 @@ impl Tokens {
         self.by_accessor.keys().cloned().collect()
     }
 
-    /// Drop every expired or orphaned-by-revocation token.
+    /// Drop every expired token, then (repeatedly) every token whose parent is gone.
     pub fn sweep(&mut self, now: Timestamp) {
-        let ids: Vec<String> = self.by_id.keys().cloned().collect();
-        for id in ids {
-            self.check(&id, now);
+        let mut dead: Vec<String> = self
+            .by_id
+            .values()
+            .filter(|t| t.expired(now))
+            .map(|t| t.id.clone())
+            .collect();
+        while !dead.is_empty() {
+            for id in &dead {
+                self.remove(id);
+            }
+            dead = self
+                .by_id
+                .values()
+                .filter(|t| {
+                    t.parent
+                        .as_ref()
+                        .is_some_and(|p| !self.by_id.contains_key(p))
+                })
+                .map(|t| t.id.clone())
+                .collect();
         }
     }
 
