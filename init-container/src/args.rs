@@ -56,12 +56,19 @@ pub struct Args {
     #[arg(
         long,
         env = "APPROLE_INIT_VAULT_CACERT_PEM",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        hide_env_values = true
     )]
     pub vault_cacert_pem: Option<String>,
 
     /// PEM text of the injector CA: only clients with a certificate it issued may push.
-    #[arg(long, env = "APPROLE_INIT_CLIENT_CA_PEM", allow_hyphen_values = true)]
+    // Same as above; the values are long PEM blocks, so --help does not echo them.
+    #[arg(
+        long,
+        env = "APPROLE_INIT_CLIENT_CA_PEM",
+        allow_hyphen_values = true,
+        hide_env_values = true
+    )]
     pub client_ca_pem: String,
 
     /// Directory where `token` and `token.json` are written (must exist and be writable).
@@ -271,6 +278,8 @@ pub fn one_line(err: &clap::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
 }
 
 #[cfg(test)]

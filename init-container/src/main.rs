@@ -6,7 +6,8 @@
 //!   logging ─▶ check config (CA PEM, Vault client, out-dir) ──bad──▶ exit 2
 //!        ▼
 //!   listen (mTLS) ── select! ─┬─ server: a delivery ended ──▶ 0 delivered / 4 security / 5 login / 6 write
-//!                             ├─ --timeout passed, no valid push ──▶ 3
+//!                             ├─ --timeout passed, no valid push ──▶ 3 (a delivery already
+//!                             │   talking to Vault is let finish first)
 //!                             └─ SIGTERM / SIGINT ──▶ 7
 //! ```
 //!
@@ -24,11 +25,12 @@ use anyhow::Context;
 use approle_shared::exit::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::args::{Args, Config};
 use crate::deliver::Deliverer;
-use crate::server::Server;
+use crate::server::{Phase, Server};
 
 fn main() -> std::process::ExitCode {
     approle_shared::tls::install_crypto_provider();
@@ -50,7 +52,7 @@ fn main() -> std::process::ExitCode {
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {
-            error!(%error, "bad configuration: {error}");
+            error!("bad configuration: {error}");
             return ExitCode::BadConfig.into();
         }
     };
@@ -98,32 +100,54 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         out_dir,
         file_mode,
     };
+    // Handlers go in before the listener opens: once "listening on" is logged, a SIGTERM must
+    // already mean exit 7, not the default kill.
+    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let server = match Server::bind(listen, tls, deliverer, body_read_timeout).await {
         Ok(server) => server,
         Err(error) => {
-            error!(%error, "bad configuration: --listen (APPROLE_INIT_LISTEN) {listen}: {error}");
+            error!("bad configuration: --listen (APPROLE_INIT_LISTEN) {listen}: {error}");
             return Ok(ExitCode::BadConfig);
         }
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let mut phase = server.phase();
+    let mut serve = std::pin::pin!(server.run());
+    let mut stop = std::pin::pin!(stop_signal(sigterm, sigint));
+    tokio::select! {
+        biased;
+        finish = &mut serve => return Ok(finish.exit),
+        signal = &mut stop => return Ok(terminated(signal)),
+        () = tokio::time::sleep(timeout) => {}
+    }
+    let waited = humantime::format_duration(timeout);
+    if *phase.borrow() != Phase::InFlight {
+        error!(timeout = %waited, "no valid push arrived within {waited}; giving up");
+        return Ok(ExitCode::Timeout);
+    }
+    // The wrapping token may already be spent: abandoning the delivery now would waste it. Each
+    // Vault call is bounded by --vault-timeout, so this wait is bounded too.
+    warn!(timeout = %waited, "the timeout of {waited} passed while a delivery is in flight; letting it finish");
     Ok(tokio::select! {
         biased;
-        finish = server.run() => finish.exit,
-        _ = sigterm.recv() => {
-            warn!("SIGTERM received before a delivery completed");
-            ExitCode::Terminated
-        }
-        _ = tokio::signal::ctrl_c() => {
-            warn!("SIGINT received before a delivery completed");
-            ExitCode::Terminated
-        }
-        () = tokio::time::sleep(timeout) => {
-            error!(
-                timeout = %humantime::format_duration(timeout),
-                "no valid push arrived within {}; giving up", humantime::format_duration(timeout)
-            );
+        finish = &mut serve => finish.exit,
+        signal = &mut stop => terminated(signal),
+        _ = phase.wait_for(|p| *p == Phase::Waiting) => {
+            error!(timeout = %waited, "no valid push was delivered within {waited}; giving up");
             ExitCode::Timeout
         }
     })
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT.
+async fn stop_signal(mut sigterm: Signal, mut sigint: Signal) -> &'static str {
+    tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    }
+}
+
+fn terminated(signal: &str) -> ExitCode {
+    warn!(signal, "{signal} received before a delivery completed");
+    ExitCode::Terminated
 }

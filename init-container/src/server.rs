@@ -19,7 +19,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use approle_shared::exit::ExitCode;
@@ -34,7 +34,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -74,7 +74,7 @@ pub struct Finish {
 
 /// Where the receiver stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub enum Phase {
     /// No delivery yet: a valid push is welcome.
     Waiting,
     /// A delivery is talking to Vault.
@@ -109,33 +109,35 @@ impl Phase {
 }
 
 struct State {
-    phase: Mutex<Phase>,
+    /// A watch channel rather than a mutex so that `main` can see whether a delivery is in
+    /// flight when the overall timeout strikes (see [`Server::phase`]).
+    phase: watch::Sender<Phase>,
     deliverer: Deliverer,
     body_read_timeout: Duration,
 }
 
 impl State {
     fn phase(&self) -> Phase {
-        *self
-            .phase
-            .lock()
-            .expect("phase lock is never held across a panic")
+        *self.phase.borrow()
     }
 
     fn begin(&self) -> Result<(), Refusal> {
-        let mut phase = self
-            .phase
-            .lock()
-            .expect("phase lock is never held across a panic");
-        *phase = phase.begin()?;
-        Ok(())
+        let mut outcome = Ok(());
+        self.phase.send_if_modified(|phase| match phase.begin() {
+            Ok(next) => {
+                *phase = next;
+                true
+            }
+            Err(refusal) => {
+                outcome = Err(refusal);
+                false
+            }
+        });
+        outcome
     }
 
     fn set(&self, next: Phase) {
-        *self
-            .phase
-            .lock()
-            .expect("phase lock is never held across a panic") = next;
+        self.phase.send_replace(next);
     }
 }
 
@@ -170,12 +172,18 @@ impl Server {
             listener,
             acceptor: TlsAcceptor::from(tls),
             state: Arc::new(State {
-                phase: Mutex::new(Phase::Waiting),
+                phase: watch::channel(Phase::Waiting).0,
                 deliverer,
                 body_read_timeout,
             }),
             local_addr,
         })
+    }
+
+    /// Follows the phase: `main` uses it to let a delivery that is already talking to Vault
+    /// finish when the overall timeout strikes, instead of abandoning a spent wrapping token.
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.state.phase.subscribe()
     }
 
     /// Serves until a delivery ends the process.

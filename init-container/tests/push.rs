@@ -26,7 +26,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Starts the fake Vault and `approle-init` on `listen_ip`, waits for `listening on`.
+    /// Starts the fake Vault and `approle-init` on `listen_ip` (with `extra` flag/value pairs),
+    /// waits for `listening on`.
     async fn start(listen_ip: &str, extra: &[&str]) -> Fixture {
         init_crypto();
         let pki = Pki::new("injector CA");
@@ -54,7 +55,13 @@ impl Fixture {
         ]
         .map(String::from)
         .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        // `extra` holds flag/value pairs that replace a base flag's value or add a flag.
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(i) => args[i + 1] = pair[1].to_owned(),
+                None => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
         let mut init = Init::spawn(&args, &[]);
         let addr = init.listening().await;
         assert_eq!(
@@ -322,6 +329,29 @@ async fn a_push_while_another_is_in_flight_is_busy() {
         1,
         "the busy push never reached Vault"
     );
+
+    f.vault.release_lookups();
+    let resp = in_flight.await.expect("task").expect("answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    f.exits_with(ExitCode::Delivered).await;
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_when_the_timeout_strikes_is_let_finish() {
+    let mut f = Fixture::start("127.0.77.8", &["--timeout", "1s"]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.hold_lookups();
+    let client = f.pki.push_client();
+    let in_flight = tokio::spawn(
+        client
+            .post(format!("{}/v1/secret-id", f.url))
+            .json(&f.push_body(&token))
+            .send(),
+    );
+    f.vault.wait_for_calls(1).await;
+    f.init
+        .wait_for_output(|out| out.contains("passed while a delivery is in flight"))
+        .await;
 
     f.vault.release_lookups();
     let resp = in_flight.await.expect("task").expect("answered");
