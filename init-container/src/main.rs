@@ -1,2 +1,153 @@
-//! placeholder
-fn main() {}
+//! approle-init: the one-shot init container of approle-injector.
+//!
+//! ```text
+//!   parse flags/env ──bad──▶ exit 2
+//!        ▼
+//!   logging ─▶ check config (CA PEM, Vault client, out-dir) ──bad──▶ exit 2
+//!        ▼
+//!   listen (mTLS) ── select! ─┬─ server: a delivery ended ──▶ 0 delivered / 4 security / 5 login / 6 write
+//!                             ├─ --timeout passed, no valid push ──▶ 3 (a delivery already
+//!                             │   talking to Vault is let finish first)
+//!                             └─ SIGTERM / SIGINT ──▶ 7
+//! ```
+//!
+//! The modules: [`args`] (configuration), [`telemetry`] (logging), [`server`] (mutual-TLS accept
+//! loop and HTTP), [`deliver`] (lookup → unwrap → login → write).
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod deliver;
+mod server;
+mod telemetry;
+
+use anyhow::Context;
+use approle_shared::exit::ExitCode;
+use clap::Parser;
+use clap::error::ErrorKind;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::args::{Args, Config};
+use crate::deliver::Deliverer;
+use crate::server::{Phase, Server};
+
+fn main() -> std::process::ExitCode {
+    approle_shared::tls::install_crypto_provider();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("approle-init: bad configuration: {}", args::one_line(&e));
+            return ExitCode::BadConfig.into();
+        }
+    };
+    if let Err(e) = telemetry::init(&args.log_level, args.log_format) {
+        eprintln!("approle-init: bad configuration: {e}");
+        return ExitCode::BadConfig.into();
+    }
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            error!("bad configuration: {error}");
+            return ExitCode::BadConfig.into();
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime");
+    let code = runtime
+        .and_then(|rt| rt.block_on(run(config)))
+        .unwrap_or_else(|error| {
+            error!(error = format!("{error:#}"), "internal error");
+            ExitCode::Internal
+        });
+    info!(
+        exit = code.code(),
+        "exiting: {} (exit code {})",
+        code.meaning(),
+        code.code()
+    );
+    code.into()
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let Config {
+        listen,
+        role,
+        approle_mount,
+        pod_uid,
+        vault,
+        tls,
+        out_dir,
+        timeout,
+        file_mode,
+        body_read_timeout,
+    } = config;
+    info!(
+        %role, %pod_uid, vault_addr = vault.addr(), out_dir = %out_dir.display(),
+        timeout = %humantime::format_duration(timeout), "starting"
+    );
+    let deliverer = Deliverer {
+        vault,
+        mount: approle_mount,
+        role,
+        pod_uid,
+        out_dir,
+        file_mode,
+    };
+    // Handlers go in before the listener opens: once "listening on" is logged, a SIGTERM must
+    // already mean exit 7, not the default kill.
+    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let server = match Server::bind(listen, tls, deliverer, body_read_timeout).await {
+        Ok(server) => server,
+        Err(error) => {
+            error!("bad configuration: --listen (APPROLE_INIT_LISTEN) {listen}: {error}");
+            return Ok(ExitCode::BadConfig);
+        }
+    };
+    let mut phase = server.phase();
+    let mut serve = std::pin::pin!(server.run());
+    let mut stop = std::pin::pin!(stop_signal(sigterm, sigint));
+    tokio::select! {
+        biased;
+        finish = &mut serve => return Ok(finish.exit),
+        signal = &mut stop => return Ok(terminated(signal)),
+        () = tokio::time::sleep(timeout) => {}
+    }
+    let waited = humantime::format_duration(timeout);
+    if *phase.borrow() != Phase::InFlight {
+        error!(timeout = %waited, "no valid push arrived within {waited}; giving up");
+        return Ok(ExitCode::Timeout);
+    }
+    // The wrapping token may already be spent: abandoning the delivery now would waste it. Each
+    // Vault call is bounded by --vault-timeout, so this wait is bounded too.
+    warn!(timeout = %waited, "the timeout of {waited} passed while a delivery is in flight; letting it finish");
+    Ok(tokio::select! {
+        biased;
+        finish = &mut serve => finish.exit,
+        signal = &mut stop => terminated(signal),
+        _ = phase.wait_for(|p| *p == Phase::Waiting) => {
+            error!(timeout = %waited, "no valid push was delivered within {waited}; giving up");
+            ExitCode::Timeout
+        }
+    })
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT.
+async fn stop_signal(mut sigterm: Signal, mut sigint: Signal) -> &'static str {
+    tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    }
+}
+
+fn terminated(signal: &str) -> ExitCode {
+    warn!(signal, "{signal} received before a delivery completed");
+    ExitCode::Terminated
+}

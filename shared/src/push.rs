@@ -90,6 +90,9 @@ pub enum Refusal {
     /// 405: wrong method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: this init container already holds a delivery.
     #[error("{0}")]
     AlreadyDelivered(String),
@@ -102,6 +105,9 @@ pub enum Refusal {
     /// 422: the wrapping token is invalid, used, or from the wrong creation_path.
     #[error("{0}")]
     InvalidWrappingToken(String),
+    /// 500: the receiver failed on its side (e.g. the token files could not be written).
+    #[error("{0}")]
+    Internal(String),
     /// 502: Vault failed.
     #[error("{0}")]
     VaultFailed(String),
@@ -118,10 +124,12 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound(_) => 404,
             Refusal::MethodNotAllowed(_) => 405,
+            Refusal::RequestTimeout(_) => 408,
             Refusal::AlreadyDelivered(_) => 409,
             Refusal::TooLarge(_) => 413,
             Refusal::UnsupportedMediaType(_) => 415,
             Refusal::InvalidWrappingToken(_) => 422,
+            Refusal::Internal(_) => 500,
             Refusal::VaultFailed(_) => 502,
             Refusal::Busy(_) => 503,
         }

@@ -1,0 +1,450 @@
+//! End-to-end push tests: the real `approle-init` binary, a fake Vault, mutual-TLS clients — all on
+//! loopback. Each test listens on its own 127.0.77.N address.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use approle_shared::exit::ExitCode;
+use approle_shared::push::{MAX_BODY_BYTES, PushError, PushResponse};
+use common::{FakeVault, Init, Pki, assert_no_secrets, init_crypto, raw_request, unique};
+use serde_json::{Value, json};
+
+const ROLE: &str = "web";
+const CREATION_PATH: &str = "auth/approle/role/web/secret-id";
+
+/// One receiver under test with everything around it.
+struct Fixture {
+    pki: Pki,
+    vault: FakeVault,
+    out: tempfile::TempDir,
+    init: Init,
+    url: String,
+    role_id: String,
+    pod_uid: String,
+}
+
+impl Fixture {
+    /// Starts the fake Vault and `approle-init` on `listen_ip` (with `extra` flag/value pairs),
+    /// waits for `listening on`.
+    async fn start(listen_ip: &str, extra: &[&str]) -> Fixture {
+        init_crypto();
+        let pki = Pki::new("injector CA");
+        let role_id = unique("role-id");
+        let pod_uid = unique("pod-uid");
+        let vault = FakeVault::start(&role_id).await;
+        let out = tempfile::tempdir().expect("out dir");
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("{listen_ip}:0"),
+            "--role",
+            ROLE,
+            "--pod-uid",
+            &pod_uid,
+            "--vault-addr",
+            &vault.addr,
+            "--client-ca-pem",
+            pki.ca.cert_pem(),
+            "--out-dir",
+            &out.path().display().to_string(),
+            "--timeout",
+            "60s",
+            "--vault-timeout",
+            "20s",
+        ]
+        .map(String::from)
+        .to_vec();
+        // `extra` holds flag/value pairs that replace a base flag's value or add a flag.
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(i) => args[i + 1] = pair[1].to_owned(),
+                None => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        let mut init = Init::spawn(&args, &[]);
+        let addr = init.listening().await;
+        assert_eq!(
+            addr.ip().to_string(),
+            listen_ip,
+            "the real bound address is logged"
+        );
+        assert_ne!(addr.port(), 0, "the real bound port is logged");
+        Fixture {
+            pki,
+            vault,
+            out,
+            init,
+            url: format!("https://{addr}"),
+            role_id,
+            pod_uid,
+        }
+    }
+
+    fn push_body(&self, wrapping_token: &str) -> Value {
+        json!({
+            "pod_uid": self.pod_uid, "role": ROLE, "role_id": self.role_id,
+            "wrapping_token": wrapping_token,
+        })
+    }
+
+    /// POSTs `body` to /v1/secret-id with the controller's certificate; returns status and body.
+    async fn push(&self, body: &Value) -> (u16, Value) {
+        self.post_raw("/v1/secret-id", serde_json::to_vec(body).expect("json"))
+            .await
+    }
+
+    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .pki
+            .push_client()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("push answered");
+        let status = resp.status().as_u16();
+        let json = resp.json().await.expect("JSON answer");
+        (status, json)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .pki
+            .push_client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("answered");
+        (
+            resp.status().as_u16(),
+            resp.json().await.expect("JSON answer"),
+        )
+    }
+
+    /// Waits for the exit; checks the code and that no credential reached the output.
+    async fn exits_with(&mut self, expected: ExitCode) -> String {
+        let (code, output) = self.init.exit().await;
+        assert_eq!(
+            code,
+            i32::from(expected.code()),
+            "exit code; output:\n{output}"
+        );
+        assert_no_secrets(&output, &self.vault.secrets());
+
+        output
+    }
+}
+
+fn error_of(body: &Value) -> String {
+    serde_json::from_value::<PushError>(body.clone())
+        .expect("refusal body is {\"error\": …}")
+        .error
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("file exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn refused_pushes_leave_the_receiver_waiting_and_a_valid_push_then_delivers() {
+    // Trace level everywhere: even the most verbose logs must not carry a credential.
+    let mut f = Fixture::start(
+        "127.0.77.1",
+        &[
+            "--source-address",
+            "127.0.78.1",
+            "--body-read-timeout",
+            "1s",
+            "--log-level",
+            "trace",
+        ],
+    )
+    .await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+
+    // TLS refusals: no client certificate, and one from another CA.
+    let anonymous = common::client_without_certificate()
+        .post(format!("{}/v1/secret-id", f.url))
+        .json(&f.push_body(&token))
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "a client without certificate is refused"
+    );
+    let stranger = Pki::new("some other CA")
+        .push_client()
+        .post(format!("{}/v1/secret-id", f.url))
+        .json(&f.push_body(&token))
+        .send()
+        .await;
+    assert!(
+        stranger.is_err(),
+        "a certificate from another CA is refused"
+    );
+    f.init
+        .wait_for_output(|out| out.matches("TLS handshake refused").count() >= 2)
+        .await;
+    assert!(f.init.is_running(), "TLS refusals do not stop the receiver");
+
+    // HTTP refusals, each answered while the receiver keeps waiting.
+    let (status, body) = f.get("/v1/nope").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = f.get("/v1/identity").await;
+    assert_eq!(status, 404, "identity is not served yet: {body}");
+    let (status, body) = f.get("/v1/secret-id").await;
+    assert_eq!(status, 405, "{body}");
+    let (status, body) = f.post_raw("/v1/secret-id", b"hello".to_vec()).await;
+    assert_eq!(status, 400, "garbage body: {body}");
+    assert!(error_of(&body).contains("not valid JSON"), "{body}");
+    let mut extra_field = f.push_body(&token);
+    extra_field["ttl"] = json!(60);
+    let (status, body) = f.push(&extra_field).await;
+    assert_eq!(status, 400, "unknown field: {body}");
+    assert!(error_of(&body).contains("ttl"), "names the field: {body}");
+    let (status, body) = f
+        .post_raw("/v1/secret-id", vec![b' '; MAX_BODY_BYTES + 1])
+        .await;
+    assert_eq!(status, 413, "oversized by Content-Length: {body}");
+    let mut wrong_pod = f.push_body(&token);
+    wrong_pod["pod_uid"] = json!("another-pod");
+    let (status, body) = f.push(&wrong_pod).await;
+    assert_eq!(status, 403, "wrong pod uid: {body}");
+    let mut wrong_role = f.push_body(&token);
+    wrong_role["role"] = json!("db");
+    let (status, body) = f.push(&wrong_role).await;
+    assert_eq!(status, 403, "wrong role: {body}");
+
+    // Hand-written requests: a chunked body that grows too large, and one that stalls.
+    let addr = f.init.addr.expect("listening");
+    let chunk = vec![b'x'; MAX_BODY_BYTES + 1];
+    let mut chunked = format!(
+        "POST /v1/secret-id HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    chunked.extend_from_slice(&chunk);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(
+        raw_request(&f.pki, addr, &chunked).await,
+        413,
+        "oversized while reading"
+    );
+    let stalled = b"POST /v1/secret-id HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                    content-length: 100\r\n\r\n{\"pod_uid\":";
+    assert_eq!(raw_request(&f.pki, addr, stalled).await, 408, "slow body");
+
+    assert!(f.vault.calls().is_empty(), "no refused push reached Vault");
+    assert!(
+        f.init.is_running(),
+        "every refusal left the receiver waiting"
+    );
+
+    // Finally the real push.
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let delivered: PushResponse = serde_json::from_value(body).expect("PushResponse");
+    assert_eq!(delivered.status, "delivered");
+    assert_eq!(delivered.lease_duration, 3600);
+    let expires: jiff::Timestamp = delivered.expires_at.parse().expect("RFC 3339 expires_at");
+    assert!(
+        expires > jiff::Timestamp::now(),
+        "{expires} is in the future"
+    );
+    let client_token = f
+        .vault
+        .token_for(&delivered.token_accessor)
+        .expect("the accessor belongs to the issued token");
+
+    let token_path = f.out.path().join("token");
+    let json_path = f.out.path().join("token.json");
+    assert_eq!(
+        std::fs::read_to_string(&token_path).expect("token"),
+        client_token
+    );
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("token.json")).expect("JSON");
+    assert_eq!(file["client_token"], json!(client_token));
+    assert_eq!(file["accessor"], json!(delivered.token_accessor));
+    assert_eq!(file["expires_at"], json!(delivered.expires_at));
+    assert_eq!(file["role"], json!(ROLE));
+    assert_eq!(file["pod_uid"], json!(f.pod_uid));
+    assert_eq!(file["vault_addr"], json!(f.vault.addr));
+    assert_eq!(file["policies"], json!(["default", "web"]));
+    assert_eq!(mode_of(&token_path), 0o440);
+    assert_eq!(mode_of(&json_path), 0o440);
+
+    let output = f.exits_with(ExitCode::Delivered).await;
+    assert!(
+        output.contains(&format!(
+            "delivered token accessor={} role={ROLE} pod_uid={}",
+            delivered.token_accessor, f.pod_uid
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        f.vault.call_paths(),
+        [
+            "sys/wrapping/lookup",
+            "sys/wrapping/unwrap",
+            "auth/approle/login"
+        ],
+        "lookup, then unwrap, then login"
+    );
+    for call in f.vault.calls() {
+        assert_eq!(
+            call.peer.to_string(),
+            "127.0.78.1",
+            "--source-address is used"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_push_while_another_is_in_flight_is_busy() {
+    let mut f = Fixture::start("127.0.77.2", &[]).await;
+    let first = f.vault.wrap_secret_id(CREATION_PATH);
+    let second = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.hold_lookups();
+    let client = f.pki.push_client();
+    let in_flight = tokio::spawn(
+        client
+            .post(format!("{}/v1/secret-id", f.url))
+            .json(&f.push_body(&first))
+            .send(),
+    );
+    f.vault.wait_for_calls(1).await;
+
+    let (status, body) = f.push(&f.push_body(&second)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        f.vault.calls().len(),
+        1,
+        "the busy push never reached Vault"
+    );
+
+    f.vault.release_lookups();
+    let resp = in_flight.await.expect("task").expect("answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    f.exits_with(ExitCode::Delivered).await;
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_when_the_timeout_strikes_is_let_finish() {
+    let mut f = Fixture::start("127.0.77.8", &["--timeout", "1s"]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.hold_lookups();
+    let client = f.pki.push_client();
+    let in_flight = tokio::spawn(
+        client
+            .post(format!("{}/v1/secret-id", f.url))
+            .json(&f.push_body(&token))
+            .send(),
+    );
+    f.vault.wait_for_calls(1).await;
+    f.init
+        .wait_for_output(|out| out.contains("passed while a delivery is in flight"))
+        .await;
+
+    f.vault.release_lookups();
+    let resp = in_flight.await.expect("task").expect("answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    f.exits_with(ExitCode::Delivered).await;
+}
+
+#[tokio::test]
+async fn vault_unavailable_at_lookup_is_502_and_the_next_push_delivers() {
+    let mut f = Fixture::start("127.0.77.3", &[]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.fail_lookups(1);
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(error_of(&body).contains("500"), "{body}");
+    assert!(f.init.is_running());
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    f.exits_with(ExitCode::Delivered).await;
+}
+
+#[tokio::test]
+async fn wrapping_token_from_another_path_is_a_security_refusal() {
+    let mut f = Fixture::start("127.0.77.4", &[]).await;
+    let token = f.vault.wrap_secret_id("auth/approle/role/admin/secret-id");
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_of(&body).contains("creation_path"), "{body}");
+
+    let output = f.exits_with(ExitCode::Security).await;
+    let line = output
+        .lines()
+        .find(|l| l.contains("SECURITY:"))
+        .unwrap_or_else(|| panic!("a SECURITY: line in\n{output}"));
+    for expected in [
+        "auth/approle/role/admin/secret-id",
+        CREATION_PATH,
+        &f.pod_uid,
+        "role=web",
+    ] {
+        assert!(line.contains(expected), "{expected:?} in {line}");
+    }
+    assert_eq!(
+        f.vault.call_paths(),
+        ["sys/wrapping/lookup"],
+        "the token is never unwrapped"
+    );
+}
+
+#[tokio::test]
+async fn used_wrapping_token_is_a_security_refusal() {
+    let mut f = Fixture::start("127.0.77.5", &[]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.use_up(&token);
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 422, "{body}");
+
+    let output = f.exits_with(ExitCode::Security).await;
+    assert!(output.contains("SECURITY:"), "{output}");
+    assert_eq!(f.vault.call_paths(), ["sys/wrapping/lookup"]);
+}
+
+#[tokio::test]
+async fn login_failure_is_502_and_exit_5() {
+    let mut f = Fixture::start("127.0.77.6", &[]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.refuse_logins();
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        error_of(&body).contains("invalid role or secret ID"),
+        "Vault's reason is passed on: {body}"
+    );
+
+    f.exits_with(ExitCode::VaultLogin).await;
+    assert!(!f.out.path().join("token").exists());
+}
+
+#[tokio::test]
+async fn unwritable_output_is_500_and_exit_6() {
+    let mut f = Fixture::start("127.0.77.7", &[]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    // The directory was fine at start (checked as configuration) and disappears afterwards.
+    std::fs::remove_dir(f.out.path()).expect("remove out dir");
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(error_of(&body).contains("token accessor"), "{body}");
+
+    f.exits_with(ExitCode::WriteFailed).await;
+}
