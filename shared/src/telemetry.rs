@@ -1,5 +1,9 @@
 //! Logging setup shared by both binaries: `--log-level` (EnvFilter syntax) and
 //! `--log-format plain|json`, always to stderr so stdout stays free for machine-readable output.
+//!
+//! Whatever the filter says, `rustify` (the HTTP layer under vaultrs) stays silent: its
+//! `#[instrument(err)]` prints Vault's raw error text before our Vault layer has scrubbed it of the
+//! credential the request carried.
 
 use std::str::FromStr;
 
@@ -38,4 +42,16 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| format!("installing the logger: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustify_stays_silent_whatever_the_level() {
+        let f = filter("trace").expect("valid").to_string();
+        assert!(f.contains("rustify=off"), "{f}");
+        assert!(filter("not a [valid filter").is_err());
+    }
 }
