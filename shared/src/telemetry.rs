@@ -29,13 +29,26 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Directives appended to every filter; later directives for the same target win.
+pub const FORCED_DIRECTIVES: &[&str] = &["rustify=off"];
+
+/// The user's filter plus [`FORCED_DIRECTIVES`].
+pub fn filter(level: &str) -> Result<EnvFilter, String> {
+    let mut filter = EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    for directive in FORCED_DIRECTIVES {
+        filter = filter.add_directive(directive.parse().expect("forced directives are valid"));
+    }
+    Ok(filter)
+}
+
 /// Installs the global subscriber. Fails on a bad filter expression.
 pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(level)?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let result = match format {
         LogFormat::Plain => builder.try_init(),
