@@ -419,6 +419,25 @@ async fn used_wrapping_token_is_a_security_refusal() {
 }
 
 #[tokio::test]
+async fn wrapping_token_used_between_lookup_and_unwrap_is_a_security_refusal() {
+    let mut f = Fixture::start("127.0.77.9", &[]).await;
+    let token = f.vault.wrap_secret_id(CREATION_PATH);
+    f.vault.steal_after_lookup();
+
+    let (status, body) = f.push(&f.push_body(&token)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(error_of(&body).contains("at unwrap"), "{body}");
+
+    let output = f.exits_with(ExitCode::Security).await;
+    assert!(output.contains("SECURITY:"), "{output}");
+    assert_eq!(
+        f.vault.call_paths(),
+        ["sys/wrapping/lookup", "sys/wrapping/unwrap"],
+        "no login without a secret_id"
+    );
+}
+
+#[tokio::test]
 async fn login_failure_is_502_and_exit_5() {
     let mut f = Fixture::start("127.0.77.6", &[]).await;
     let token = f.vault.wrap_secret_id(CREATION_PATH);

@@ -331,6 +331,8 @@ struct VaultState {
     failing_lookups: u32,
     /// Refuse every login.
     refuse_logins: bool,
+    /// Use up each wrapping token right after its lookup, as an interceptor racing us would.
+    steal_after_lookup: bool,
     calls: Vec<Call>,
 }
 
@@ -410,6 +412,11 @@ impl FakeVault {
     /// Makes the next `n` lookups fail with 500.
     pub fn fail_lookups(&self, n: u32) {
         self.state.lock().expect("lock").failing_lookups = n;
+    }
+
+    /// Makes every wrapping token used up right after a successful lookup.
+    pub fn steal_after_lookup(&self) {
+        self.state.lock().expect("lock").steal_after_lookup = true;
     }
 
     /// Makes every login fail with 400 `invalid role or secret ID`.
@@ -510,18 +517,22 @@ async fn lookup(
         return vault_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     }
     let token = body["token"].as_str().unwrap_or_default();
-    match s.wrapped.get(token) {
-        Some(w) if !w.used => (
-            StatusCode::OK,
-            Json(envelope(
-                json!({
-                    "creation_path": w.creation_path,
-                    "creation_time": "2026-03-04T10:11:12.345678901Z",
-                    "creation_ttl": 60
-                }),
-                Value::Null,
-            )),
-        ),
+    let steal = s.steal_after_lookup;
+    match s.wrapped.get_mut(token) {
+        Some(w) if !w.used => {
+            w.used = steal;
+            (
+                StatusCode::OK,
+                Json(envelope(
+                    json!({
+                        "creation_path": w.creation_path,
+                        "creation_time": "2026-03-04T10:11:12.345678901Z",
+                        "creation_ttl": 60
+                    }),
+                    Value::Null,
+                )),
+            )
+        }
         _ => vault_error(StatusCode::BAD_REQUEST, INVALID_WRAPPING),
     }
 }
