@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approle_shared::annotations::{DEFAULT_MOUNT_PATH, RoleName};
+use approle_shared::telemetry::LogFormat;
 use approle_shared::tls;
 use approle_shared::vault::{Vault, VaultConfig};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 /// Receives a response-wrapped AppRole secret_id over mutual TLS, unwraps it, logs in to Vault and
 /// writes the token to the pod's tmpfs volume. Exit codes: 0 delivered, 2 bad configuration,
@@ -101,17 +102,8 @@ pub struct Args {
     pub log_level: String,
 
     /// Log output format.
-    #[arg(long, env = "APPROLE_INIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, env = "APPROLE_INIT_LOG_FORMAT", default_value = "plain")]
     pub log_format: LogFormat,
-}
-
-/// How log lines are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable single lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 /// A configuration the process cannot run with. The text names the flag and its variable.

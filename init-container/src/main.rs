@@ -11,7 +11,7 @@
 //!                             └─ SIGTERM / SIGINT ──▶ 7
 //! ```
 //!
-//! The modules: [`args`] (configuration), [`telemetry`] (logging), [`server`] (mutual-TLS accept
+//! The modules: [`args`] (configuration), [`server`] (mutual-TLS accept
 //! loop and HTTP), [`deliver`] (lookup → unwrap → login → write).
 
 #![forbid(unsafe_code)]
@@ -19,7 +19,6 @@
 mod args;
 mod deliver;
 mod server;
-mod telemetry;
 
 use anyhow::Context;
 use approle_shared::exit::ExitCode;
@@ -45,8 +44,8 @@ fn main() -> std::process::ExitCode {
             return ExitCode::BadConfig.into();
         }
     };
-    if let Err(e) = telemetry::init(&args.log_level, args.log_format) {
-        eprintln!("approle-init: bad configuration: {e}");
+    if let Err(e) = approle_shared::telemetry::init(&args.log_level, args.log_format) {
+        eprintln!("approle-init: bad configuration: --log-level (APPROLE_INIT_LOG_LEVEL): {e}");
         return ExitCode::BadConfig.into();
     }
     let config = match args.into_config() {
