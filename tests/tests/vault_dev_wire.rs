@@ -982,6 +982,36 @@ async fn wrapping_is_single_use_lookup_does_not_consume_and_ttl_expires() {
         .await;
     assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
 
+    // The same wrapping token in the header and the body is a double use: refused, and burned.
+    let a = api
+        .call(
+            "POST",
+            "/v1/auth/approle/role/web-app/secret-id",
+            Some(ROOT),
+            Some("{}"),
+            &[("X-Vault-Wrap-TTL", "5m")],
+        )
+        .await;
+    let w5 = a.json()["wrap_info"]["token"]
+        .as_str()
+        .expect("w5")
+        .to_string();
+    let both = json!({"token": w5}).to_string();
+    let a = api
+        .call(
+            "POST",
+            "/v1/sys/wrapping/unwrap",
+            Some(&w5),
+            Some(&both),
+            &[],
+        )
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
+    let a = api
+        .call("POST", "/v1/sys/wrapping/lookup", None, Some(&both), &[])
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
+
     // Wrapped login: wrapped_accessor is the token accessor.
     let sid = secret_id(&api, json!({})).await["secret_id"]
         .as_str()
