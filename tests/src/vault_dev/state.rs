@@ -286,10 +286,7 @@ impl Tokens {
 
     /// Create and store a token; returns a copy.
     pub fn create(&mut self, p: TokenParams, now: Timestamp) -> Token {
-        let mut policies = util::sanitize_policies(&p.policies, !p.no_default_policy);
-        if policies.is_empty() {
-            policies = Vec::new();
-        }
+        let policies = util::sanitize_policies(&p.policies, !p.no_default_policy);
         let is_root = policies.iter().any(|x| x == "root");
         let mut max = if p.max_ttl > 0 {
             p.max_ttl.min(SYS_MAX_TTL)
