@@ -364,6 +364,12 @@ async fn errors_match_vaults_status_codes_and_texts() {
         Some(json!({"secret_id_num_uses": 3, "secret_id_ttl": "10m", "secret_id_bound_cidrs": ["10.0.0.0/8"]})),
     )
     .await;
+    api.ok(
+        "POST",
+        "/v1/auth/approle/role/cidr-only",
+        Some(json!({"bind_secret_id": false, "secret_id_bound_cidrs": "127.0.0.0/8"})),
+    )
+    .await;
     let real_sid = secret_id(&api, json!({})).await;
     let real_sid = real_sid["secret_id"].as_str().expect("sid").to_string();
 
@@ -610,6 +616,33 @@ async fn errors_match_vaults_status_codes_and_texts() {
             Some(json!({"bind_secret_id": false})),
             500,
             &["1 error occurred:\n\t* at least one constraint should be enabled on the role\n\n"],
+        ),
+        case(
+            "no bind_secret_id",
+            "POST",
+            "/v1/auth/approle/role/cidr-only/secret-id",
+            root,
+            Some(json!({})),
+            400,
+            &["bind_secret_id is not set on the role"],
+        ),
+        case(
+            "local_secret_ids on update",
+            "POST",
+            "/v1/auth/approle/role/web-app",
+            root,
+            Some(json!({"local_secret_ids": true})),
+            400,
+            &["local_secret_ids can only be modified during role creation"],
+        ),
+        case(
+            "bad token cidr",
+            "POST",
+            "/v1/auth/approle/role/web-app/secret-id",
+            root,
+            Some(json!({"token_bound_cidrs": "nope"})),
+            400,
+            &["failed to validate token CIDR blocks"],
         ),
         case(
             "token_ttl above max",
@@ -979,6 +1012,36 @@ async fn wrapping_is_single_use_lookup_does_not_consume_and_ttl_expires() {
     );
     let a = api
         .call("POST", "/v1/sys/wrapping/unwrap", Some(&w3), None, &[])
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
+
+    // The same wrapping token in the header and the body is a double use: refused, and burned.
+    let a = api
+        .call(
+            "POST",
+            "/v1/auth/approle/role/web-app/secret-id",
+            Some(ROOT),
+            Some("{}"),
+            &[("X-Vault-Wrap-TTL", "5m")],
+        )
+        .await;
+    let w5 = a.json()["wrap_info"]["token"]
+        .as_str()
+        .expect("w5")
+        .to_string();
+    let both = json!({"token": w5}).to_string();
+    let a = api
+        .call(
+            "POST",
+            "/v1/sys/wrapping/unwrap",
+            Some(&w5),
+            Some(&both),
+            &[],
+        )
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
+    let a = api
+        .call("POST", "/v1/sys/wrapping/lookup", None, Some(&both), &[])
         .await;
     assert_eq!((a.status, a.body.as_str()), (400, gone.as_str()));
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::audit::{Audit, AuditEntry};
 use super::policy::{self, cap};
-use super::state::{State, TokenParams, Wrapped};
+use super::state::{REVOCATION_PENDING, State, TokenParams, Wrapped};
 use super::wire::{AuthOut, Envelope, WrapInfo, errors_body, multierror};
 use super::{approle, sys, token, util};
 
@@ -311,10 +311,20 @@ pub fn wrapping_token_of(req: &Req) -> Result<String, Fail> {
 }
 
 /// The stored wrapping data of a live wrapping token.
-pub fn live_wrapping(st: &mut State, tok: &str, now: Timestamp) -> Result<Arc<Wrapped>, Fail> {
-    st.tokens
-        .live(tok, now)
-        .and_then(|t| t.wrap.clone())
+///
+/// `tainted` accepts a token whose last use the current request charged (first-party unwrap).
+pub fn live_wrapping(
+    st: &mut State,
+    tok: &str,
+    now: Timestamp,
+    tainted: bool,
+) -> Result<Arc<Wrapped>, Fail> {
+    let t = if tainted {
+        st.tokens.live_tainted(tok, now)
+    } else {
+        st.tokens.live(tok, now)
+    };
+    t.and_then(|t| t.wrap.clone())
         .ok_or_else(|| Fail::bad("wrapping token is not valid or does not exist"))
 }
 
@@ -395,8 +405,8 @@ impl Core {
 
         if !unauth {
             if req.path == "sys/wrapping/unwrap" && req.op == Op::Update {
-                let validated =
-                    wrapping_token_of(req).and_then(|t| live_wrapping(st, &t, now).map(|_| ()));
+                let validated = wrapping_token_of(req)
+                    .and_then(|t| live_wrapping(st, &t, now, false).map(|_| ()));
                 if let Err(f) = validated {
                     // A presented header token is still charged a use, as core does.
                     if let Some(h) = &req.token
@@ -430,6 +440,7 @@ impl Core {
             if t.num_uses > 0 {
                 t.num_uses -= 1;
                 if t.num_uses == 0 {
+                    t.num_uses = REVOCATION_PENDING;
                     revoke_after = Some(t.id.clone());
                 }
             }

@@ -22,6 +22,17 @@
 //! enforcement, AppRole (roles, role-id, secret-id generate/lookup/destroy/list, login with CIDR
 //! checks and use counts), response wrapping of any response (lookup/unwrap/rewrap/wrap), the
 //! token store (create/lookup/renew/revoke by token, self and accessor) and KV v1/v2.
+//!
+//! Known deviations from real Vault (deliberate or not yet needed):
+//! * no Kubernetes (or any other) auth method besides AppRole and tokens; no namespaces
+//!   (`X-Vault-Namespace` is echoed and ignored, as CE does), no cubbyhole/identity endpoints;
+//! * expired secret IDs are refused at expiry (real Vault refuses them once tidied, ~60 s later,
+//!   with the same `400 invalid role or secret ID`);
+//! * tokens are random `hvs.`/`hvb.` strings, not server-side-consistent protobuf blobs; batch
+//!   tokens are stored server side;
+//! * timestamps are UTC (`Z`); bad-JSON error texts approximate Go's decoder messages;
+//! * `token_period`, `explicit_max_ttl`, CIDR checks, use counts and the 5-failure AppRole lockout
+//!   are modelled; leases, tidy, per-field role endpoints, token roles and `sys/leases` are not.
 
 mod approle;
 mod audit;

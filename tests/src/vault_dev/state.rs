@@ -16,6 +16,10 @@ use super::policy::{self, Policy};
 use super::util;
 use super::wire::AuthOut;
 
+/// `num_uses` of a token whose last use was charged by the request in flight; it is revoked
+/// when that request finishes (Vault's `tokenRevocationPending`).
+pub const REVOCATION_PENDING: i64 = -1;
+
 /// Vault's default lease TTL and system max TTL (768h).
 pub const SYS_DEFAULT_TTL: i64 = 2_764_800;
 /// System maximum TTL (768h).
@@ -199,8 +203,15 @@ impl Tokens {
         false
     }
 
-    /// A live token.
+    /// A live token that is not pending revocation (its last use already charged).
     pub fn live(&mut self, id: &str, now: Timestamp) -> Option<&mut Token> {
+        self.live_tainted(id, now)
+            .filter(|t| t.num_uses != REVOCATION_PENDING)
+    }
+
+    /// A live token, including one pending revocation (Vault's "tainted" lookup, used by
+    /// lookup(-self) and first-party unwrap during the request that spent the last use).
+    pub fn live_tainted(&mut self, id: &str, now: Timestamp) -> Option<&mut Token> {
         if self.check(id, now) {
             self.by_id.get_mut(id)
         } else {
@@ -275,10 +286,7 @@ impl Tokens {
 
     /// Create and store a token; returns a copy.
     pub fn create(&mut self, p: TokenParams, now: Timestamp) -> Token {
-        let mut policies = util::sanitize_policies(&p.policies, !p.no_default_policy);
-        if policies.is_empty() {
-            policies = Vec::new();
-        }
+        let policies = util::sanitize_policies(&p.policies, !p.no_default_policy);
         let is_root = policies.iter().any(|x| x == "root");
         let mut max = if p.max_ttl > 0 {
             p.max_ttl.min(SYS_MAX_TTL)

@@ -65,8 +65,11 @@ pub fn handle(st: &mut State, req: &Req, rest: &str, caller: Option<&Caller>) ->
             json!({ "keys": policy_names(st) }),
         ))),
         ("wrapping/unwrap", Op::Update) => {
+            // First party (no body token): the request's own token, whose single use this
+            // request just spent. Third party: the body token must still be fully usable.
+            let third_party = req.data.contains_key("token");
             let tok = wrapping_token_of(req)?;
-            let w = live_wrapping(st, &tok, req.now)?;
+            let w = live_wrapping(st, &tok, req.now, !third_party)?;
             st.tokens.remove(&tok);
             Ok(Outcome::Raw(200, w.response.clone()))
         }
@@ -516,7 +519,7 @@ fn wrapping_lookup(st: &mut State, req: &Req) -> HResult {
         return Err(Fail::unsupported_op());
     }
     let tok = wrapping_token_of(req)?;
-    let w = live_wrapping(st, &tok, req.now)?;
+    let w = live_wrapping(st, &tok, req.now, false)?;
     Ok(Outcome::Resp(Resp::data(json!({
         "creation_path": w.creation_path,
         "creation_time": util::rfc3339nano(w.creation_time),
@@ -526,7 +529,7 @@ fn wrapping_lookup(st: &mut State, req: &Req) -> HResult {
 
 fn rewrap(st: &mut State, req: &Req) -> HResult {
     let tok = wrapping_token_of(req)?;
-    let old = live_wrapping(st, &tok, req.now)?;
+    let old = live_wrapping(st, &tok, req.now, false)?;
     st.tokens.remove(&tok);
     let mut t = st.tokens.create(
         TokenParams {

@@ -238,7 +238,7 @@ fn lookup_data(t: &Token, now: Timestamp, show_id: bool) -> Value {
         "meta".into(),
         t.meta.as_ref().map_or(Value::Null, |m| json!(m)),
     );
-    m.insert("num_uses".into(), json!(t.num_uses));
+    m.insert("num_uses".into(), json!(t.num_uses.max(0)));
     m.insert("orphan".into(), json!(t.parent.is_none()));
     m.insert("path".into(), json!(t.path));
     m.insert("policies".into(), json!(t.policies));
@@ -266,7 +266,7 @@ fn lookup_data(t: &Token, now: Timestamp, show_id: bool) -> Value {
 
 fn lookup(st: &mut State, req: &Req, id: &str, show_id: bool) -> HResult {
     let now = req.now;
-    match st.tokens.live(id, now) {
+    match st.tokens.live_tainted(id, now) {
         Some(t) => Ok(Outcome::Resp(Resp::data(lookup_data(t, now, show_id)))),
         None => Err(Fail::new(403, "bad token")),
     }
