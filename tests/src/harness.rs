@@ -211,6 +211,8 @@ where
 /// Options of a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
+    /// Start kube-dev (needed by the controller).
+    pub kube: bool,
     /// Start the controller too.
     pub controller: bool,
     /// Extra controller arguments.
@@ -222,6 +224,7 @@ pub struct StackOptions {
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
+            kube: true,
             controller: true,
             controller_args: Vec::new(),
             init_timeout: "60s".into(),
@@ -239,8 +242,8 @@ pub struct Stack {
     pub vault_url: String,
     /// Its unseal key.
     pub unseal_key: String,
-    /// kube-dev.
-    pub kube: Proc,
+    /// kube-dev, when started.
+    pub kube: Option<Proc>,
     /// kubeconfig written by kube-dev.
     pub kubeconfig: PathBuf,
     /// kube-dev's kubelet root dir (pod volumes and container logs).
@@ -253,8 +256,8 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// The controller's Vault token.
     pub controller_token: String,
-    /// Kubernetes client (same kubeconfig as the controller).
-    pub kube_client: kube::Client,
+    /// Kubernetes client (same kubeconfig as the controller), when kube-dev runs.
+    pub kube_client: Option<kube::Client>,
     options: StackOptions,
 }
 
@@ -297,18 +300,23 @@ impl Stack {
             .arg(&kube_root)
             .arg("--init-binary")
             .arg(bin_path("approle-init")?);
-        let (v, k) = tokio::join!(
-            Proc::spawn(
-                "vault-dev",
-                vcmd,
-                dir.path(),
-                Some("vault-dev ready:"),
-                ready
-            ),
-            Proc::spawn("kube-dev", kcmd, dir.path(), Some("kube-dev ready:"), ready),
+        let vault_start = Proc::spawn(
+            "vault-dev",
+            vcmd,
+            dir.path(),
+            Some("vault-dev ready:"),
+            ready,
         );
+        let (v, kube) = if options.kube {
+            let (v, k) = tokio::join!(
+                vault_start,
+                Proc::spawn("kube-dev", kcmd, dir.path(), Some("kube-dev ready:"), ready),
+            );
+            (v, Some(k?.0))
+        } else {
+            (vault_start.await, None)
+        };
         let (vault, vline) = v?;
-        let (kube, _) = k?;
         let vline = vline.unwrap_or_default();
         let vault_url = ready_field(&vline, "addr").context("vault-dev ready line has no addr")?;
         let unseal_key = ready_field(&vline, "unseal_key").unwrap_or_default();
@@ -317,12 +325,17 @@ impl Stack {
             .tls_certs_only(Vec::new())
             .build()?;
         let ca = Ca::generate("approle-injector test CA", Duration::from_secs(24 * 3600))?;
-        let kube_config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &Default::default(),
-        )
-        .await?;
-        let kube_client = kube::Client::try_from(kube_config)?;
+        let kube_client = match &kube {
+            Some(_) => {
+                let config = kube::Config::from_custom_kubeconfig(
+                    kube::config::Kubeconfig::read_from(&kubeconfig)?,
+                    &Default::default(),
+                )
+                .await?;
+                Some(kube::Client::try_from(config)?)
+            }
+            None => None,
+        };
         let mut stack = Stack {
             dir,
             vault,
@@ -518,9 +531,16 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         Ok(self.pods().create(&PostParams::default(), pod).await?)
     }
 
+    /// The Kubernetes client; panics when the stack runs without kube-dev (a test bug).
+    pub fn kube_client(&self) -> kube::Client {
+        self.kube_client
+            .clone()
+            .expect("this stack was started without kube-dev")
+    }
+
     /// Pods in `default`.
     pub fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.kube_client.clone(), "default")
+        Api::namespaced(self.kube_client(), "default")
     }
 
     /// Deletes a pod in `default`.
@@ -566,7 +586,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
     /// Events (events.k8s.io/v1) about a pod, as (reason, note) pairs.
     pub async fn events_for(&self, pod_name: &str) -> anyhow::Result<Vec<(String, String)>> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.kube_client.clone(), "default");
+            Api::namespaced(self.kube_client(), "default");
         let list = api.list(&Default::default()).await?;
         Ok(list
             .items

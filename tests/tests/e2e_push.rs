@@ -101,6 +101,7 @@ async fn mint(stack: &Stack, vault: &Vault, ip: &str) -> approle_shared::vault::
 async fn pushes_are_authenticated_bound_to_the_pod_and_single_use() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions {
+        kube: false,
         controller: false,
         ..Default::default()
     })
