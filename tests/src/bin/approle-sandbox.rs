@@ -1,2 +1,142 @@
-//! approle-sandbox binary.
-fn main() {}
+//! `approle-sandbox`: the whole system on one machine, in one command.
+//!
+//! Starts vault-dev and kube-dev, configures Vault (AppRole mount, policies, role `web`, the
+//! controller's token), runs the real approle-controller, creates `--pods` annotated pods, waits until
+//! every pod holds a token that works from its own address, prints a table and exits 0. With
+//! `--keep` it stays up and prints the `export` lines to explore with kubectl and Vault clients.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions};
+use clap::Parser;
+use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+/// Runs vault-dev + kube-dev + approle-controller and delivers tokens to annotated pods.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// How many annotated pods to create.
+    #[arg(long, env = "APPROLE_SANDBOX_PODS", default_value_t = 3)]
+    pods: usize,
+    /// Stay up after the table and print export lines for kubectl and Vault clients.
+    #[arg(long, env = "APPROLE_SANDBOX_KEEP")]
+    keep: bool,
+    /// How long to wait for every pod's token.
+    #[arg(long, env = "APPROLE_SANDBOX_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+struct Row {
+    name: String,
+    ip: String,
+    accessor: String,
+    init_to_token: Option<Duration>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    harness::install_crypto();
+    eprintln!("approle-sandbox: starting vault-dev, kube-dev and approle-controller…");
+    let stack = Stack::start(StackOptions {
+        init_timeout: "5m".into(),
+        ..Default::default()
+    })
+    .await
+    .context("starting the sandbox")?;
+
+    let names: Vec<String> = (0..args.pods).map(|i| format!("web-{i}")).collect();
+    for name in &names {
+        let pod = stack.pod(name, json!({"vault-approle.io/role": ROLE}))?;
+        stack.create(&pod).await.with_context(|| format!("creating pod {name}"))?;
+    }
+    eprintln!("approle-sandbox: created {} annotated pods; waiting for their tokens…", names.len());
+    let rows = try_join_all(names.iter().map(|n| verify(&stack, n, args.timeout))).await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Keep the logs for a person to read; the processes stop as the rest of the stack drops.
+            let logs = stack.dir.keep();
+            eprintln!("approle-sandbox: {e:#}\nlogs are kept in {}", logs.display());
+            bail!("not every pod received a working token");
+        }
+    };
+
+    println!("{:<10} {:<14} {:<26} {}", "POD", "POD IP", "TOKEN ACCESSOR", "INIT START → TOKEN WRITTEN");
+    for r in &rows {
+        let t = r
+            .init_to_token
+            .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "n/a".into());
+        println!("{:<10} {:<14} {:<26} {}", r.name, r.ip, r.accessor, t);
+    }
+    println!("{} of {} pods hold a working, pod-bound Vault token.", rows.len(), names.len());
+
+    if args.keep {
+        println!("export KUBECONFIG={}", stack.kubeconfig.display());
+        println!("export VAULT_ADDR={}", stack.vault_url);
+        println!("export VAULT_TOKEN={}", harness::ROOT_TOKEN);
+        eprintln!("approle-sandbox: up; press Ctrl-C to stop");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    }
+    Ok(())
+}
+
+/// Waits for a pod's delivery and proves its token works from the pod's own address.
+async fn verify(stack: &Stack, name: &str, timeout: Duration) -> anyhow::Result<Row> {
+    let pod = stack
+        .wait_pod(name, "token delivered", timeout, |p| {
+            annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
+        })
+        .await?;
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .context("delivered pod has no IP")?;
+    let token = stack.pod_token(&pod)?;
+    let client = reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>()?)
+        .tls_certs_only(Vec::new())
+        .build()?;
+    let resp = client
+        .get(format!("{}/v1/auth/token/lookup-self", stack.vault_url))
+        .header("X-Vault-Token", &token)
+        .send()
+        .await?;
+    if resp.status() != 200 {
+        bail!("pod {name}: its token does not work from {ip}: {}", resp.status());
+    }
+    let body: serde_json::Value = resp.json().await?;
+    let accessor = body["data"]["accessor"].as_str().unwrap_or_default().to_owned();
+    Ok(Row {
+        name: name.to_owned(),
+        ip,
+        accessor,
+        init_to_token: init_to_token(stack, &pod),
+    })
+}
+
+fn annotation(p: &Pod, key: &str) -> Option<String> {
+    p.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+}
+
+/// From the init container's start (its first log line, microsecond timestamps) to the token
+/// file's modification time.
+fn init_to_token(stack: &Stack, pod: &Pod) -> Option<Duration> {
+    let uid = pod.metadata.uid.as_deref()?;
+    let log = stack
+        .kube_root
+        .join("pods")
+        .join(uid)
+        .join("logs")
+        .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
+    let text = std::fs::read_to_string(log).ok()?;
+    let first = text.lines().find_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())?;
+    let started = SystemTime::from(first);
+    let written = std::fs::metadata(stack.volume_dir(pod).join("token")).ok()?.modified().ok()?;
+    written.duration_since(started).ok()
+}
