@@ -101,10 +101,10 @@ impl Proc {
                         .await
                         .write_all(format!("{line}\n").as_bytes())
                         .await;
-                    if prefix.as_deref().is_some_and(|p| line.starts_with(p)) {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(line);
-                        }
+                    if prefix.as_deref().is_some_and(|p| line.starts_with(p))
+                        && let Some(tx) = ready_tx.take()
+                    {
+                        let _ = tx.send(line);
                     }
                 }
             });
