@@ -75,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!(
-        "{:<10} {:<14} {:<26} {}",
-        "POD", "POD IP", "TOKEN ACCESSOR", "INIT START → TOKEN WRITTEN"
+        "{:<10} {:<14} {:<26} INIT START → TOKEN WRITTEN",
+        "POD", "POD IP", "TOKEN ACCESSOR"
     );
     for r in &rows {
         let t = r
