@@ -64,11 +64,12 @@ async fn main() -> anyhow::Result<()> {
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
-            // Keep the logs for a person to read; the processes stop as the rest of the stack drops.
-            let logs = stack.dir.keep();
+            // Keep the logs for a person to read; the processes stop as the stack drops.
+            let mut stack = stack;
+            stack.dir.disable_cleanup(true);
             eprintln!(
                 "approle-sandbox: {e:#}\nlogs are kept in {}",
-                logs.display()
+                stack.dir.path().display()
             );
             bail!("not every pod received a working token");
         }
