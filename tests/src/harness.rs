@@ -262,8 +262,8 @@ pub struct Stack {
     pub kubeconfig: PathBuf,
     /// kube-dev's kubelet root dir (pod volumes and container logs).
     pub kube_root: PathBuf,
-    /// The controller, if started.
-    pub controller: Option<Proc>,
+    /// The controllers started, in order.
+    pub controllers: Vec<Proc>,
     /// The injector CA.
     pub ca: Ca,
     /// Client for Vault administration (root token).
@@ -358,7 +358,7 @@ impl Stack {
             kube,
             kubeconfig,
             kube_root,
-            controller: None,
+            controllers: Vec::new(),
             ca,
             http,
             controller_token: String::new(),
@@ -468,7 +468,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         Ok(())
     }
 
-    /// Starts (or restarts) the controller with the stack's kubeconfig.
+    /// Starts one more controller with the stack's kubeconfig.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
         let client = self.ca.issue(
             "approle-controller",
@@ -496,7 +496,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 "info,approle_controller=debug",
             )
             .args(&self.options.controller_args);
-        let n = std::fs::read_dir(self.dir.path())?.count();
+        let n = self.controllers.len();
         let (proc, _) = Proc::spawn(
             &format!("controller-{n}"),
             cmd,
@@ -505,7 +505,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             Duration::from_secs(5),
         )
         .await?;
-        self.controller = Some(proc);
+        self.controllers.push(proc);
         Ok(())
     }
 
@@ -713,7 +713,7 @@ impl Drop for Stack {
         // Stop the controller first so it does not push during teardown, then kube-dev with SIGTERM:
         // it stops the approle-init processes its kubelet started, which a SIGKILL would orphan
         // (still bound to pod IPs the next stack hands out again).
-        if let Some(c) = self.controller.as_mut() {
+        for c in self.controllers.iter_mut() {
             c.stop_blocking(Duration::from_secs(5));
         }
         if let Some(k) = self.kube.as_mut() {
