@@ -29,10 +29,6 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
             .expect("pod");
         stack.create(&pod).await.expect("create");
     }
-    let client = reqwest::Client::builder()
-        .tls_certs_only(Vec::new())
-        .build()
-        .expect("client");
     for n in &names {
         let pod = stack
             .wait_pod(n, "delivered", DELIVERY, |p| {
