@@ -222,9 +222,9 @@ async fn dispatch(
     if def.create_only {
         return match (&method, &r.name) {
             (&Method::POST, None) => st.tokens.review(&st.store, &r.body),
-            _ => Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource"
-            ))),
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         };
     }
     match (method, r.name.is_some(), r.sub.as_deref()) {
@@ -239,7 +239,7 @@ async fn dispatch(
                 list(st, &r)
             }
         }
-        (Method::GET, true, Some("log")) => super::logs::serve(st, &r.ns(), r.name(), &r.query),
+        (Method::GET, true, Some("log")) => super::logs::serve(st, r.ns(), r.name(), &r.query),
         (Method::GET, true, None | Some("status")) => get(st, &r),
         (Method::POST, false, None) => create(st, &r).await,
         (Method::POST, true, Some("token")) => st
@@ -467,7 +467,7 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         };
         let wrap = |obj: Value| -> Value {
             if table {
-                table::table(def, &[obj.clone()], rv_of(&obj), &query)
+                table::table(def, std::slice::from_ref(&obj), rv_of(&obj), &query)
             } else {
                 obj
             }
@@ -652,7 +652,7 @@ pub async fn create_object(
     let stored = st
         .store
         .create(def.storage, obj, dry_run)
-        .map_err(|()| ApiError::already_exists(def.target(), &name))?;
+        .map_err(|_| ApiError::already_exists(def.target(), &name))?;
     if def.storage == "namespaces" && !dry_run {
         super::seed_service_account(&st.store, &name);
     }

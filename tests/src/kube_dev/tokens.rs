@@ -421,6 +421,7 @@ impl TokenIssuer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 
