@@ -176,6 +176,19 @@ async fn dispatch(
                 .ok_or_else(ApiError::no_route);
         }
         ["openapi", rest @ ..] => return super::openapi::serve(rest, &query),
+        ["openid", "v1", "jwks"] => return Ok(json_response(StatusCode::OK, &st.tokens.jwks())),
+        [".well-known", "openid-configuration"] => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "issuer": super::tokens::API_AUDIENCE,
+                    "jwks_uri": format!("https://{}/openid/v1/jwks", st.server_address),
+                    "response_types_supported": ["id_token"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }),
+            ));
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(ApiError::no_route()),
@@ -631,6 +644,16 @@ pub async fn create_object(
     }
     apply_kind_defaults(def, &mut obj);
     let mut warnings = Vec::new();
+    if def.storage == "pods" && !dry_run {
+        // The ServiceAccount admission plugin: the pod's service account must exist.
+        let sa = str_at(&obj, &["spec", "serviceAccountName"]).to_string();
+        if st.store.get("serviceaccounts", path_ns, &sa).is_none() {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{}\" is forbidden: error looking up service account {path_ns}/{sa}: serviceaccount \"{sa}\" not found",
+                name_of(&obj)
+            )));
+        }
+    }
     if def.storage == "pods" {
         let _ = query;
         let outcome = st.admission.admit_pod_create(&st.store, &obj).await?;
