@@ -52,6 +52,8 @@ pub struct ApiState {
     pub server_address: String,
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Longest a watch is served before the server ends it, whatever `timeoutSeconds` asked.
+    pub max_watch_duration: Option<Duration>,
     /// Root dir (pod logs live under `pods/<uid>/logs`).
     pub root_dir: PathBuf,
     /// Service-account token issuer (TokenRequest, TokenReview, authentication).
@@ -454,7 +456,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         .query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
+        .map_or(Duration::from_secs(1800), Duration::from_secs)
+        .min(st.max_watch_duration.unwrap_or(Duration::MAX));
     let from = if send_initial || rv.is_empty() || rv == "0" {
         None
     } else {
@@ -472,6 +475,12 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         let start = match start {
             Ok(s) => s,
             Err(too_old) => {
+                tracing::info!(
+                    resource = def.resource,
+                    requested = too_old.requested,
+                    oldest = too_old.oldest,
+                    "watch from a resourceVersion older than the history window: 410 Expired"
+                );
                 let _ = tx
                     .send(too_old_event(too_old.requested, too_old.oldest))
                     .await;
@@ -517,7 +526,10 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         ticker.tick().await;
         loop {
             tokio::select! {
-                _ = &mut deadline => return,
+                _ = &mut deadline => {
+                    tracing::info!(resource = def.resource, "watch closed by the server: timeout");
+                    return;
+                }
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     let b = json!({"kind": def.kind, "apiVersion": def.api_version(),

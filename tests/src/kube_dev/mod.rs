@@ -79,6 +79,9 @@ pub struct Config {
     pub watch_history: usize,
     /// BOOKMARK interval for watches that allow them.
     pub bookmark_interval: Duration,
+    /// Server-side cap on every watch's lifetime (the real server ends watches after its
+    /// request timeout too); `None` = only the client's `timeoutSeconds`.
+    pub max_watch_duration: Option<Duration>,
     /// First restart delay of a failed init container (doubles per restart).
     pub backoff_base: Duration,
     /// Restart delay cap.
@@ -97,6 +100,7 @@ impl Default for Config {
             init_env: Vec::new(),
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            max_watch_duration: None,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             service_addresses: HashMap::new(),
@@ -244,6 +248,7 @@ impl KubeDev {
             admin_token: admin_token.clone(),
             server_address: addr.to_string(),
             bookmark_interval: cfg.bookmark_interval,
+            max_watch_duration: cfg.max_watch_duration,
             root_dir: root_dir.clone(),
             tokens: tokens.clone(),
             admission: admission::Admission {
