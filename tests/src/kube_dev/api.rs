@@ -668,6 +668,9 @@ pub async fn create_object(
     if def.storage == "pods" {
         causes.extend(kinds::validate_pod(&obj));
     }
+    if def.group == "events.k8s.io" {
+        causes.extend(kinds::validate_event(&obj));
+    }
     if !causes.is_empty() {
         return Err(ApiError::invalid(def.target(), name_of(&obj), causes));
     }
