@@ -637,3 +637,77 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
         .expect("namespace deleted")
         .expect("watch");
 }
+
+#[tokio::test]
+async fn server_side_apply_conflicts_on_fields_owned_by_another_manager() {
+    let (_kd, client) = start().await;
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let empty: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {}})).expect("lease");
+    leases
+        .create(&PostParams::default(), &empty)
+        .await
+        .expect("create");
+    let claim = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "leader"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    };
+    let a = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("candidate-a"),
+            &Patch::Apply(claim("a")),
+        )
+        .await
+        .expect("a claims the free lease");
+    assert_eq!(a.spec.and_then(|s| s.holder_identity).as_deref(), Some("a"));
+    let lost = api_error(
+        leases
+            .patch(
+                "leader",
+                &PatchParams::apply("candidate-b"),
+                &Patch::Apply(claim("b")),
+            )
+            .await
+            .expect_err("b conflicts with a"),
+    );
+    assert_eq!(lost.code, 409);
+    assert_eq!(lost.reason, "Conflict");
+    assert_eq!(
+        lost.message,
+        "Apply failed with 1 conflict: conflict with \"candidate-a\": .spec.holderIdentity"
+    );
+    // A renews with a strategic patch (an Update); forcing takes the lease over.
+    leases
+        .patch(
+            "leader",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"leaseDurationSeconds": 20}})),
+        )
+        .await
+        .expect("renew");
+    let b = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("candidate-b").force(),
+            &Patch::Apply(claim("b")),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(
+        b.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+        Some("b")
+    );
+    let managers: Vec<String> = b
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&"candidate-b".to_string()),
+        "{managers:?}"
+    );
+}

@@ -32,6 +32,7 @@ pub mod events;
 pub mod kinds;
 pub mod kubelet;
 pub mod logs;
+pub mod managed;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
