@@ -175,7 +175,7 @@ async fn dispatch(
         [] => {
             return Ok(json_response(
                 StatusCode::OK,
-                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v2", "/openapi/v3"]}),
+                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v3"]}),
             ));
         }
         ["api"] => {
