@@ -1050,7 +1050,9 @@ fn delete_one(
             .is_some_and(|f| !f.is_empty());
         let grace = match def.storage {
             "pods" => {
-                let scheduled = !str_at(cur, &["spec", "nodeName"]).is_empty();
+                // Only pods on kube-dev's node have a kubelet to stop them; pods bound to a node
+                // that does not exist go at once (what the pod GC does on a real cluster).
+                let scheduled = str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME;
                 let terminal = matches!(
                     str_at(cur, &["status", "phase"]),
                     "Succeeded" | "Failed"
@@ -1144,7 +1146,7 @@ fn finalize_namespace(st: &ApiState, ns: String) {
         for o in items {
             let _ = store.update(def.storage, &ns, name_of(&o), false, |cur| {
                 let graceful = def.storage == "pods"
-                    && !str_at(cur, &["spec", "nodeName"]).is_empty()
+                    && str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME
                     && !matches!(str_at(cur, &["status", "phase"]), "Succeeded" | "Failed");
                 if !graceful {
                     return Ok::<_, ApiError>(Update::Delete(cur.clone()));
