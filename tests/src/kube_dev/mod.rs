@@ -20,6 +20,20 @@
 //! [`Running::pod_volume_dir`], [`Running::container_log`], [`Running::app_record`] and
 //! [`Running::log_files`].
 //!
+//! ```text
+//! let kd = KubeDev::start(Config {
+//!     init_binary: Some(approle_init_path),            // runs for images ending in approle-init
+//!     backoff_base: Duration::from_millis(50),         // init container restart backoff
+//!     ..Config::default()
+//! }).await?;
+//! kd.set_service_address("approle-system/approle-controller", webhook_addr);
+//! let client = kd.client().await?;                     // or KUBECONFIG=kd.kubeconfig_path
+//! // ... create pods, watch them ...
+//! let token = std::fs::read(kd.pod_volume_dir(&uid, "vault-approle").join("token"))?;
+//! for log in kd.log_files() { /* scan for leaked secrets */ }
+//! kd.shutdown(Duration::from_secs(2)).await;
+//! ```
+//!
 //! Layout under `root_dir` (like the kubelet's `/var/lib/kubelet`):
 //! `pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`, `pods/<uid>/volumes/kubernetes.io~projected/<name>`,
 //! `pods/<uid>/logs/<container>.log`, `pods/<uid>/app/<container>.json`, and
