@@ -19,7 +19,7 @@ struct Args {
     /// Address to listen on (loopback only; port 0 picks a free port).
     #[arg(long, env = "KUBE_DEV_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Where to write the kubeconfig (default: <root-dir>/kubeconfig).
+    /// Where to write the kubeconfig (default: `<root-dir>/kubeconfig`).
     #[arg(long, env = "KUBE_DEV_KUBECONFIG_OUT")]
     kubeconfig_out: Option<PathBuf>,
     /// Kubelet root: pod volumes, logs and app records (default: a temporary dir).

@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::admission::Admission;
 use super::events;
 use super::kinds;
+use super::managed;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
@@ -91,6 +92,20 @@ impl Req {
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
+    /// The field manager of a write: `fieldManager`, else the user agent's product name.
+    fn manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.clone();
+        }
+        self.headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("unknown")
+            .to_string()
+    }
+
     fn wants_table(&self) -> bool {
         self.headers
             .get(header::ACCEPT)
@@ -162,7 +177,7 @@ async fn dispatch(
         [] => {
             return Ok(json_response(
                 StatusCode::OK,
-                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v2", "/openapi/v3"]}),
+                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v3"]}),
             ));
         }
         ["api"] => {
@@ -598,7 +613,7 @@ fn translate(filter: &Filter, c: &Change) -> Option<(&'static str, Value)> {
 async fn create(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     let def = r.def;
     let obj = parse_object(def, &r.body)?;
-    let created = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+    let created = create_object(st, def, r.ns(), obj, r.dry_run(), false).await?;
     let mut resp = json_response(StatusCode::CREATED, &present(def, &created.0));
     for w in created.1 {
         if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "'"))) {
@@ -615,7 +630,7 @@ pub async fn create_object(
     path_ns: &str,
     obj: Value,
     dry_run: bool,
-    query: &Q,
+    from_apply: bool,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let mut obj = ingest(def, obj);
     if def.namespaced {
@@ -649,9 +664,12 @@ pub async fn create_object(
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "selfLink",
-            "managedFields",
         ] {
             meta.remove(k);
+        }
+        // Clients cannot set managed fields; only server-side apply (below) records them.
+        if !from_apply {
+            meta.remove("managedFields");
         }
     }
     apply_kind_defaults(def, &mut obj);
@@ -667,7 +685,6 @@ pub async fn create_object(
         }
     }
     if def.storage == "pods" {
-        let _ = query;
         let outcome = st.admission.admit_pod_create(&st.store, &obj).await?;
         warnings = outcome.warnings;
         if let Some(patched) = outcome.patched {
@@ -679,6 +696,9 @@ pub async fn create_object(
     let mut causes = kinds::validate_name(def.kind, name_of(&obj));
     if def.storage == "pods" {
         causes.extend(kinds::validate_pod(&obj));
+    }
+    if def.group == "events.k8s.io" {
+        causes.extend(kinds::validate_event(&obj));
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(def.target(), name_of(&obj), causes));
@@ -716,6 +736,7 @@ fn apply_update(
     sub: Option<&str>,
     cur: &Value,
     mut new: Value,
+    write: Write<'_>,
 ) -> Result<Update, ApiError> {
     let name = name_of(cur).to_string();
     let want_rv = rv_of(&new);
@@ -743,6 +764,9 @@ fn apply_update(
                 }
             }
         }
+        if let Write::Update(manager) = write {
+            managed::record_update(cur, &mut out, manager, &def.api_version());
+        }
         return Ok(Update::Put(out));
     }
     {
@@ -766,7 +790,9 @@ fn apply_update(
                 }
             }
         }
-        meta.remove("managedFields");
+        if matches!(write, Write::Update(_)) {
+            meta.remove("managedFields");
+        }
     }
     if has_status_subresource(def) {
         match cur.get("status") {
@@ -805,7 +831,49 @@ fn apply_update(
             return Ok(Update::Delete(new));
         }
     }
+    if let Write::Update(manager) = write {
+        managed::record_update(cur, &mut new, manager, &def.api_version());
+    }
     Ok(Update::Put(new))
+}
+
+/// How a write records field ownership.
+#[derive(Debug, Clone, Copy)]
+enum Write<'a> {
+    /// PUT or a non-apply PATCH by this manager.
+    Update(&'a str),
+    /// Server-side apply: ownership was computed by `managed::apply`.
+    Apply,
+}
+
+fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[managed::Conflict]) -> ApiError {
+    let message = match conflicts {
+        [one] => format!(
+            "Apply failed with 1 conflict: conflict with \"{}\": {}",
+            one.manager, one.field
+        ),
+        many => format!(
+            "Apply failed with {} conflicts: {}",
+            many.len(),
+            many.iter()
+                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut e = ApiError::conflict(def.target(), name);
+    e.message = message;
+    if let Some(d) = e.details.as_mut() {
+        d["causes"] = json!(
+            conflicts
+                .iter()
+                .map(|c| json!({"reason": "FieldManagerConflict",
+                            "message": format!("conflict with \"{}\"", c.manager),
+                            "field": c.field}))
+                .collect::<Vec<_>>()
+        );
+    }
+    e
 }
 
 fn update(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
@@ -829,10 +897,11 @@ fn update(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         }
     }
     let sub = r.sub.as_deref();
+    let manager = r.manager();
     let res = st
         .store
         .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
-            apply_update(def, sub, cur, body)
+            apply_update(def, sub, cur, body, Write::Update(&manager))
         })?;
     match res {
         Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
@@ -849,19 +918,63 @@ async fn patch_handler(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         .unwrap_or("");
     let kind = PatchKind::from_content_type(ct)?;
     let sub = r.sub.as_deref();
+    let manager = r.manager();
+    if kind == PatchKind::Apply {
+        return server_side_apply(st, r).await;
+    }
     let res = st
         .store
         .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
             let mut doc = present(def, cur);
             patch::apply(kind, &mut doc, &r.body)?;
-            apply_update(def, sub, cur, ingest(def, doc))
+            apply_update(def, sub, cur, ingest(def, doc), Write::Update(&manager))
         })?;
     match res {
         Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
-        None if kind == PatchKind::Apply && sub.is_none() => {
-            let mut obj = parse_object(def, &r.body)?;
-            metadata_mut(&mut obj).insert("name".into(), json!(r.name()));
-            let (created, _) = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+        None => Err(ApiError::not_found(def.target(), r.name())),
+    }
+}
+
+/// `application/apply-patch+yaml` (JSON bodies): field ownership and conflicts per `managed`.
+async fn server_side_apply(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let Some(manager) = r.query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(ApiError::invalid(
+            super::status::Target {
+                group: "meta.k8s.io",
+                resource: "patchoptions",
+                kind: "PatchOptions.meta.k8s.io",
+            },
+            "",
+            vec![super::status::Cause {
+                reason: "FieldValueRequired",
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+            }],
+        ));
+    };
+    let force = r.query.get("force").is_some_and(|f| f == "true");
+    let mut config = parse_object(def, &r.body)?;
+    metadata_mut(&mut config).insert("name".into(), json!(r.name()));
+    if def.namespaced {
+        metadata_mut(&mut config).insert("namespace".into(), json!(r.ns()));
+    }
+    let api_version = def.api_version();
+    let sub = r.sub.as_deref();
+    let res = st
+        .store
+        .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
+            let presented = present(def, cur);
+            let new = managed::apply(Some(&presented), &config, manager, force, &api_version)
+                .map_err(|c| apply_conflict(def, r.name(), &c))?;
+            apply_update(def, sub, cur, ingest(def, new), Write::Apply)
+        })?;
+    match res {
+        Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
+        None if sub.is_none() => {
+            let obj = managed::apply(None, &config, manager, force, &api_version)
+                .map_err(|c| apply_conflict(def, r.name(), &c))?;
+            let (created, _) = create_object(st, def, r.ns(), obj, r.dry_run(), true).await?;
             Ok(json_response(StatusCode::CREATED, &present(def, &created)))
         }
         None => Err(ApiError::not_found(def.target(), r.name())),
@@ -949,7 +1062,9 @@ fn delete_one(
             .is_some_and(|f| !f.is_empty());
         let grace = match def.storage {
             "pods" => {
-                let scheduled = !str_at(cur, &["spec", "nodeName"]).is_empty();
+                // Only pods on kube-dev's node have a kubelet to stop them; pods bound to a node
+                // that does not exist go at once (what the pod GC does on a real cluster).
+                let scheduled = str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME;
                 let terminal = matches!(
                     str_at(cur, &["status", "phase"]),
                     "Succeeded" | "Failed"
@@ -1043,7 +1158,7 @@ fn finalize_namespace(st: &ApiState, ns: String) {
         for o in items {
             let _ = store.update(def.storage, &ns, name_of(&o), false, |cur| {
                 let graceful = def.storage == "pods"
-                    && !str_at(cur, &["spec", "nodeName"]).is_empty()
+                    && str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME
                     && !matches!(str_at(cur, &["status", "phase"]), "Succeeded" | "Failed");
                 if !graceful {
                     return Ok::<_, ApiError>(Update::Delete(cur.clone()));
