@@ -189,6 +189,20 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
     params.not_after = now + validity;
 }
 
+/// Server configuration without client authentication (ring, HTTP/1.1 only), from a PEM chain
+/// (leaf first) and its key: the admission webhook and the dev servers of the test kit.
+pub fn server_config(chain_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            parse_certs(chain_pem, "server certificate")?,
+            parse_key(key_pem, "server key")?,
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Server configuration for the init container's receiver: a fresh self-signed certificate, and
 /// client certificates required and verified against `client_ca_pem`.
 pub fn receiver_server_config(client_ca_pem: &str) -> Result<ServerConfig, TlsError> {

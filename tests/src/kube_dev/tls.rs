@@ -4,12 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use approle_shared::tls::TlsError;
+use approle_shared::tls::{Ca, Usage, server_config};
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A dev server's certificates outlive any test run.
+const VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The generated CA and serving configuration.
 #[derive(Debug)]
@@ -20,53 +22,15 @@ pub struct Pki {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-/// PKI setup failures.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// Certificate generation failed.
-    #[error("certificate generation: {0}")]
-    Rcgen(#[from] rcgen::Error),
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// Generates the CA and the serving certificate.
+/// Generates the CA and the serving certificate (sent with the CA as its chain).
 pub fn generate() -> Result<Pki, TlsError> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-dev-ca");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    let mut leaf = CertificateParams::new(vec![
-        "127.0.0.1".to_string(),
-        "localhost".to_string(),
-        "::1".to_string(),
-        "kubernetes.default.svc".to_string(),
-    ])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    let leaf_key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&leaf_key, &ca)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone(), CertificateDer::from(ca.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )?;
-    // HTTP/1.1 only: watches are chunked streams, which every client handles.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let ca = Ca::generate("kube-dev-ca", VALIDITY)?;
+    let sans = ["127.0.0.1", "localhost", "::1", "kubernetes.default.svc"].map(String::from);
+    let leaf = ca.issue("kube-apiserver", &sans, Usage::Server, VALIDITY)?;
+    let chain = format!("{}{}", leaf.cert_pem, ca.cert_pem());
     Ok(Pki {
-        ca_pem: ca.pem(),
-        server_config: Arc::new(cfg),
+        ca_pem: ca.cert_pem().to_owned(),
+        server_config: Arc::new(server_config(&chain, &leaf.key_pem)?),
     })
 }
 

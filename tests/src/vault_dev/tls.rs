@@ -1,13 +1,15 @@
 //! Dev TLS material: a throw-away CA and a server certificate for `localhost`, `127.0.0.1` and
-//! `::1`, generated with rcgen (ring). Clients trust the CA PEM (`VAULT_CACERT`).
+//! `::1`, made with the project's own [`approle_shared::tls::Ca`]. Clients trust the CA PEM
+//! (`VAULT_CACERT`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+pub use approle_shared::tls::TlsError;
+use approle_shared::tls::{Ca, Usage, server_config};
+
+/// A dev server's certificates outlive any test run.
+const VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Generated PEMs.
 #[derive(Clone)]
@@ -16,8 +18,7 @@ pub struct TlsMaterial {
     pub ca_pem: String,
     /// The server certificate (PEM).
     pub cert_pem: String,
-    cert_der: CertificateDer<'static>,
-    key_der: Vec<u8>,
+    key_pem: String,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -26,68 +27,21 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
-/// Errors building TLS material.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// Certificate generation failed.
-    #[error("generating certificates: {0}")]
-    Rcgen(#[from] rcgen::Error),
-    /// rustls refused the configuration.
-    #[error("building the rustls server config: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
 impl TlsMaterial {
     /// A fresh CA and server certificate.
     pub fn generate() -> Result<Self, TlsError> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "vault-dev CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "vault-dev");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let cert = params.signed_by(&key, &issuer)?;
+        let ca = Ca::generate("vault-dev CA", VALIDITY)?;
+        let sans = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        let leaf = ca.issue("vault-dev", &sans, Usage::Server, VALIDITY)?;
         Ok(TlsMaterial {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
+            ca_pem: ca.cert_pem().to_owned(),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
         })
     }
 
     /// A rustls server config (ring provider, HTTP/1.1).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![self.cert_der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
-            )?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(cfg))
+        server_config(&self.cert_pem, &self.key_pem).map(Arc::new)
     }
 }
