@@ -521,7 +521,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 .as_ref()
                 .unwrap_or(&Default::default()),
         ) {
-            inject::inject(&mut pod, &spec, &self.inject_config());
+            inject::inject(&mut pod, &spec, &self.inject_config())?;
         }
         Ok(pod)
     }

@@ -51,21 +51,33 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<String> = (0..args.pods).map(|i| format!("web-{i}")).collect();
     for name in &names {
         let pod = stack.pod(name, json!({"vault-approle.io/role": ROLE}))?;
-        stack.create(&pod).await.with_context(|| format!("creating pod {name}"))?;
+        stack
+            .create(&pod)
+            .await
+            .with_context(|| format!("creating pod {name}"))?;
     }
-    eprintln!("approle-sandbox: created {} annotated pods; waiting for their tokens…", names.len());
+    eprintln!(
+        "approle-sandbox: created {} annotated pods; waiting for their tokens…",
+        names.len()
+    );
     let rows = try_join_all(names.iter().map(|n| verify(&stack, n, args.timeout))).await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
             // Keep the logs for a person to read; the processes stop as the rest of the stack drops.
             let logs = stack.dir.keep();
-            eprintln!("approle-sandbox: {e:#}\nlogs are kept in {}", logs.display());
+            eprintln!(
+                "approle-sandbox: {e:#}\nlogs are kept in {}",
+                logs.display()
+            );
             bail!("not every pod received a working token");
         }
     };
 
-    println!("{:<10} {:<14} {:<26} {}", "POD", "POD IP", "TOKEN ACCESSOR", "INIT START → TOKEN WRITTEN");
+    println!(
+        "{:<10} {:<14} {:<26} {}",
+        "POD", "POD IP", "TOKEN ACCESSOR", "INIT START → TOKEN WRITTEN"
+    );
     for r in &rows {
         let t = r
             .init_to_token
@@ -73,14 +85,20 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "n/a".into());
         println!("{:<10} {:<14} {:<26} {}", r.name, r.ip, r.accessor, t);
     }
-    println!("{} of {} pods hold a working, pod-bound Vault token.", rows.len(), names.len());
+    println!(
+        "{} of {} pods hold a working, pod-bound Vault token.",
+        rows.len(),
+        names.len()
+    );
 
     if args.keep {
         println!("export KUBECONFIG={}", stack.kubeconfig.display());
         println!("export VAULT_ADDR={}", stack.vault_url);
         println!("export VAULT_TOKEN={}", harness::ROOT_TOKEN);
         eprintln!("approle-sandbox: up; press Ctrl-C to stop");
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
     }
     Ok(())
 }
@@ -108,10 +126,16 @@ async fn verify(stack: &Stack, name: &str, timeout: Duration) -> anyhow::Result<
         .send()
         .await?;
     if resp.status() != 200 {
-        bail!("pod {name}: its token does not work from {ip}: {}", resp.status());
+        bail!(
+            "pod {name}: its token does not work from {ip}: {}",
+            resp.status()
+        );
     }
     let body: serde_json::Value = resp.json().await?;
-    let accessor = body["data"]["accessor"].as_str().unwrap_or_default().to_owned();
+    let accessor = body["data"]["accessor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     Ok(Row {
         name: name.to_owned(),
         ip,
@@ -121,7 +145,11 @@ async fn verify(stack: &Stack, name: &str, timeout: Duration) -> anyhow::Result<
 }
 
 fn annotation(p: &Pod, key: &str) -> Option<String> {
-    p.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
 }
 
 /// From the init container's start (its first log line, microsecond timestamps) to the token
@@ -135,8 +163,13 @@ fn init_to_token(stack: &Stack, pod: &Pod) -> Option<Duration> {
         .join("logs")
         .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
     let text = std::fs::read_to_string(log).ok()?;
-    let first = text.lines().find_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())?;
+    let first = text
+        .lines()
+        .find_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())?;
     let started = SystemTime::from(first);
-    let written = std::fs::metadata(stack.volume_dir(pod).join("token")).ok()?.modified().ok()?;
+    let written = std::fs::metadata(stack.volume_dir(pod).join("token"))
+        .ok()?
+        .modified()
+        .ok()?;
     written.duration_since(started).ok()
 }
