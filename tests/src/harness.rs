@@ -101,10 +101,10 @@ impl Proc {
                         .await
                         .write_all(format!("{line}\n").as_bytes())
                         .await;
-                    if prefix.as_deref().is_some_and(|p| line.starts_with(p)) {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(line);
-                        }
+                    if prefix.as_deref().is_some_and(|p| line.starts_with(p))
+                        && let Some(tx) = ready_tx.take()
+                    {
+                        let _ = tx.send(line);
                     }
                 }
             });
@@ -164,6 +164,20 @@ impl Proc {
             .await
             .map_err(|_| anyhow!("{} did not exit within {timeout:?}", self.name))?
             .with_context(|| format!("waiting for {}", self.name))
+    }
+
+    /// Sends SIGTERM and waits (blocking, for use in `Drop`) until the process exits or `timeout`
+    /// passes; then kills it.
+    pub fn stop_blocking(&mut self, timeout: Duration) {
+        self.terminate();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.start_kill();
     }
 
     /// True while the process has not exited.
@@ -689,5 +703,35 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 &s[..4]
             );
         }
+    }
+}
+
+impl Drop for Stack {
+    /// When a test fails, keep the stack's directory and print the tail of every log, so the
+    /// failure can be understood from CI output alone.
+    fn drop(&mut self) {
+        // Stop the controller first so it does not push during teardown, then kube-dev with SIGTERM:
+        // it stops the approle-init processes its kubelet started, which a SIGKILL would orphan
+        // (still bound to pod IPs the next stack hands out again).
+        if let Some(c) = self.controller.as_mut() {
+            c.stop_blocking(Duration::from_secs(5));
+        }
+        if let Some(k) = self.kube.as_mut() {
+            k.stop_blocking(Duration::from_secs(10));
+        }
+        if !std::thread::panicking() {
+            return;
+        }
+        let out = self.all_output();
+        let tail: Vec<&str> = out.lines().rev().take(150).collect();
+        eprintln!(
+            "---- stack logs kept in {} (last {} lines of all logs) ----",
+            self.dir.path().display(),
+            tail.len()
+        );
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+        self.dir.disable_cleanup(true);
     }
 }

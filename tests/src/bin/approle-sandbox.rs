@@ -64,19 +64,20 @@ async fn main() -> anyhow::Result<()> {
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
-            // Keep the logs for a person to read; the processes stop as the rest of the stack drops.
-            let logs = stack.dir.keep();
+            // Keep the logs for a person to read; the processes stop as the stack drops.
+            let mut stack = stack;
+            stack.dir.disable_cleanup(true);
             eprintln!(
                 "approle-sandbox: {e:#}\nlogs are kept in {}",
-                logs.display()
+                stack.dir.path().display()
             );
             bail!("not every pod received a working token");
         }
     };
 
     println!(
-        "{:<10} {:<14} {:<26} {}",
-        "POD", "POD IP", "TOKEN ACCESSOR", "INIT START → TOKEN WRITTEN"
+        "{:<10} {:<14} {:<26} INIT START → TOKEN WRITTEN",
+        "POD", "POD IP", "TOKEN ACCESSOR"
     );
     for r in &rows {
         let t = r

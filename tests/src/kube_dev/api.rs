@@ -1,0 +1,1042 @@
+//! The HTTP API: routing of `/api/v1/...` and `/apis/<group>/<version>/...` URLs to the generic
+//! verbs (get, list, watch, create, update, patch, delete, deletecollection), the `status`, `log`
+//! and `token` subresources, discovery and authentication.
+//!
+//! ```text
+//!   request ─▶ auth (bearer) ─▶ parse URL ─▶ ResourceDef ─▶ verb handler ─▶ Store
+//!                                                         └▶ kinds (defaults, validation)
+//!                                                         └▶ admission (pods, on create)
+//! ```
+//!
+//! Objects are stored in one shape per storage and presented per resource (see `events`).
+//! Errors are `Status` objects (see `status`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::admission::Admission;
+use super::events;
+use super::kinds;
+use super::patch::{self, PatchKind};
+use super::resources::{self, ResourceDef};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{ApiError, success_status};
+use super::store::{Change, ChangeKind, Store, Update};
+use super::table;
+use super::tokens::TokenIssuer;
+use super::util::{
+    metadata_mut, name_of, name_suffix, namespace_of, new_uid, now_time, rv_of, str_at, time_in,
+    uid_of,
+};
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The object store.
+    pub store: Arc<Store>,
+    /// The admin bearer token written to the kubeconfig.
+    pub admin_token: String,
+    /// `host:port` of this server (for `/api`'s `serverAddressByClientCIDRs`).
+    pub server_address: String,
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// Root dir (pod logs live under `pods/<uid>/logs`).
+    pub root_dir: PathBuf,
+    /// Service-account token issuer (TokenRequest, TokenReview, authentication).
+    pub tokens: Arc<TokenIssuer>,
+    /// Mutating admission webhooks.
+    pub admission: Admission,
+}
+
+/// The axum router serving the whole API.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+type Q = HashMap<String, String>;
+
+/// A request addressed to a resource.
+#[derive(Debug)]
+struct Req {
+    def: &'static ResourceDef,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    query: Q,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Req {
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+    fn ns(&self) -> &str {
+        self.ns.as_deref().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+    fn wants_table(&self) -> bool {
+        self.headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("as=Table"))
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn handle(
+    State(st): State<Arc<ApiState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let result = dispatch(&st, method.clone(), &uri, headers, body).await;
+    match result {
+        Ok(r) => {
+            tracing::debug!(%method, %path, status = r.status().as_u16(), "request");
+            r
+        }
+        Err(e) => {
+            tracing::debug!(%method, %path, status = e.code, error = %e.message, "request failed");
+            e.into_response()
+        }
+    }
+}
+
+fn authenticated(st: &ApiState, headers: &HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    token.trim() == st.admin_token || st.tokens.authenticate(&st.store, token.trim()).is_some()
+}
+
+async fn dispatch(
+    st: &Arc<ApiState>,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // Public endpoints, as `system:public-info-viewer` allows on a real cluster.
+    match segs.as_slice() {
+        ["version"] => return Ok(json_response(StatusCode::OK, &resources::version_doc())),
+        ["healthz" | "livez" | "readyz", ..] => {
+            return Ok((StatusCode::OK, "ok").into_response());
+        }
+        _ => {}
+    }
+    if !authenticated(st, &headers) {
+        return Err(ApiError::unauthorized());
+    }
+    let query: Q = Query::<Q>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        [] => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v2", "/openapi/v3"]}),
+            ));
+        }
+        ["api"] => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &resources::core_versions_doc(&st.server_address),
+            ));
+        }
+        ["apis"] => return Ok(json_response(StatusCode::OK, &resources::group_list_doc())),
+        ["apis", g] => {
+            return resources::group_single_doc(g)
+                .map(|d| json_response(StatusCode::OK, &d))
+                .ok_or_else(ApiError::no_route);
+        }
+        ["openapi", rest @ ..] => return super::openapi::serve(rest, &query),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    if !resources::group_version_served(group, version) {
+        return Err(ApiError::no_route());
+    }
+    if rest.is_empty() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &resources::resource_list_doc(group, version),
+        ));
+    }
+    // `namespaces/<ns>/<resource>...`, except `namespaces/<name>[/status]` itself.
+    let (ns, rest) = if rest[0] == "namespaces"
+        && rest.len() >= 3
+        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"))
+    {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    if rest.len() > 3 {
+        return Err(ApiError::no_route());
+    }
+    let def = resources::find(group, version, rest[0]).ok_or_else(ApiError::no_route)?;
+    if def.namespaced != ns.is_some() && (ns.is_some() || rest.len() > 1) {
+        return Err(ApiError::no_route());
+    }
+    let r = Req {
+        def,
+        ns,
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+        query,
+        headers,
+        body,
+    };
+    if let Some(sub) = &r.sub
+        && !def.subresources.contains(&sub.as_str())
+    {
+        return Err(ApiError::no_route());
+    }
+    if def.create_only {
+        return match (&method, &r.name) {
+            (&Method::POST, None) => st.tokens.review(&st.store, &r.body),
+            _ => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource"
+            ))),
+        };
+    }
+    match (method, r.name.is_some(), r.sub.as_deref()) {
+        (Method::GET, false, _) => {
+            let watch = r
+                .query
+                .get("watch")
+                .is_some_and(|w| w == "true" || w == "1");
+            if watch {
+                watch_handler(st, r)
+            } else {
+                list(st, &r)
+            }
+        }
+        (Method::GET, true, Some("log")) => super::logs::serve(st, &r.ns(), r.name(), &r.query),
+        (Method::GET, true, None | Some("status")) => get(st, &r),
+        (Method::POST, false, None) => create(st, &r).await,
+        (Method::POST, true, Some("token")) => st
+            .tokens
+            .token_request(&st.store, r.ns(), r.name(), &r.body)
+            .map(|v| json_response(StatusCode::CREATED, &v)),
+        (Method::PUT, true, None | Some("status")) => update(st, &r),
+        (Method::PATCH, true, None | Some("status")) => patch_handler(st, &r).await,
+        (Method::DELETE, true, None) => delete(st, &r),
+        (Method::DELETE, false, None) => delete_collection(st, &r),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
+    }
+}
+
+/// The object as served for `def` (core/v1 events converted, type meta set).
+pub fn present(def: &ResourceDef, obj: &Value) -> Value {
+    let mut v = if def.storage == "events" && def.group.is_empty() {
+        events::to_core(obj)
+    } else {
+        obj.clone()
+    };
+    v["apiVersion"] = json!(def.api_version());
+    v["kind"] = json!(def.kind);
+    v
+}
+
+fn ingest(def: &ResourceDef, obj: Value) -> Value {
+    let mut v = if def.storage == "events" && def.group.is_empty() {
+        events::from_core(&obj)
+    } else {
+        obj
+    };
+    if def.storage == "events" {
+        v["apiVersion"] = json!("events.k8s.io/v1");
+    } else {
+        v["apiVersion"] = json!(def.api_version());
+    }
+    v["kind"] = json!(def.kind);
+    v
+}
+
+fn parse_object(def: &ResourceDef, body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "couldn't get version/kind; json parse error: {e} (kube-dev accepts JSON bodies only)"
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "Object 'Kind' is missing in request body",
+        ));
+    }
+    let kind = str_at(&v, &["kind"]);
+    let api_version = str_at(&v, &["apiVersion"]);
+    if !kind.is_empty() && kind != def.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            def.kind
+        )));
+    }
+    if !api_version.is_empty() && api_version != def.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            def.api_version()
+        )));
+    }
+    Ok(v)
+}
+
+fn require_namespace(st: &ApiState, ns: &str, creating: bool) -> Result<(), ApiError> {
+    let nsdef = resources::namespaces();
+    match st.store.get("namespaces", "", ns) {
+        None => Err(ApiError::not_found(nsdef.target(), ns)),
+        Some(n) if creating && !str_at(&n, &["metadata", "deletionTimestamp"]).is_empty() => {
+            Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn get(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let obj = st
+        .store
+        .get(r.def.storage, r.ns(), r.name())
+        .ok_or_else(|| ApiError::not_found(r.def.target(), r.name()))?;
+    let v = present(r.def, &obj);
+    if r.wants_table() {
+        let rv = rv_of(&obj).to_string();
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(r.def, &[v], &rv, &r.query),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+struct Filter {
+    def: &'static ResourceDef,
+    ns: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn new(r: &Req) -> Result<Self, ApiError> {
+        let core_shape = r.def.group.is_empty();
+        Ok(Self {
+            def: r.def,
+            ns: r.ns.clone(),
+            labels: LabelSelector::parse(r.query.get("labelSelector").map_or("", String::as_str))?,
+            fields: FieldSelector::parse(
+                r.query.get("fieldSelector").map_or("", String::as_str),
+                r.def.storage,
+                core_shape,
+            )?,
+        })
+    }
+
+    /// The presented object if it matches.
+    fn matches(&self, obj: &Value) -> Option<Value> {
+        if let Some(ns) = &self.ns
+            && namespace_of(obj) != ns
+        {
+            return None;
+        }
+        let v = present(self.def, obj);
+        (self.labels.matches(&v) && self.fields.matches(&v)).then_some(v)
+    }
+}
+
+fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let filter = Filter::new(r)?;
+    if let Some(ns) = &r.ns
+        && r.def.namespaced
+        && st.store.get("namespaces", "", ns).is_none()
+    {
+        // Listing in a namespace that does not exist is an empty list on a real server too.
+    }
+    let (items, rv) = st.store.list(r.def.storage, r.ns.as_deref());
+    let items: Vec<Value> = items.iter().filter_map(|o| filter.matches(o)).collect();
+    if r.wants_table() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(r.def, &items, &rv.to_string(), &r.query),
+        ));
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|mut v| {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            v
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": r.def.list_kind(),
+            "apiVersion": r.def.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+            "items": items,
+        }),
+    ))
+}
+
+fn watch_event(kind: &str, object: Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn too_old_event(requested: u64, oldest: u64) -> Bytes {
+    watch_event(
+        "ERROR",
+        ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status(),
+    )
+}
+
+fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
+    let filter = Filter::new(&r)?;
+    let bookmarks = r
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let send_initial = r
+        .query
+        .get("sendInitialEvents")
+        .is_some_and(|v| v == "true");
+    let table = r.wants_table();
+    let rv = r.query.get("resourceVersion").cloned().unwrap_or_default();
+    // The real server picks a random timeout between 30 and 60 minutes when none is given.
+    let timeout = r
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let from = if send_initial || rv.is_empty() || rv == "0" {
+        None
+    } else {
+        Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+        )
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let start = st.store.watch(r.def.storage, from);
+    let interval = st.bookmark_interval;
+    let def = r.def;
+    let query = r.query.clone();
+    tokio::spawn(async move {
+        let start = match start {
+            Ok(s) => s,
+            Err(too_old) => {
+                let _ = tx
+                    .send(too_old_event(too_old.requested, too_old.oldest))
+                    .await;
+                return;
+            }
+        };
+        let wrap = |obj: Value| -> Value {
+            if table {
+                table::table(def, &[obj.clone()], rv_of(&obj), &query)
+            } else {
+                obj
+            }
+        };
+        let mut last_rv = start.start_rv;
+        if let Some((items, snap_rv)) = start.snapshot {
+            for o in &items {
+                if let Some(v) = filter.matches(o)
+                    && tx.send(watch_event("ADDED", wrap(v))).await.is_err()
+                {
+                    return;
+                }
+            }
+            if send_initial && bookmarks {
+                let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
+                    "metadata": {"resourceVersion": snap_rv.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if tx.send(watch_event("BOOKMARK", b)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        for c in &start.replay {
+            if let Some((kind, obj)) = translate(&filter, c)
+                && tx.send(watch_event(kind, wrap(obj))).await.is_err()
+            {
+                return;
+            }
+        }
+        let mut rx = start.rx;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                _ = ticker.tick(), if bookmarks => {
+                    let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
+                        "metadata": {"resourceVersion": last_rv.to_string()}});
+                    if tx.send(watch_event("BOOKMARK", b)).await.is_err() {
+                        return;
+                    }
+                }
+                msg = rx.recv() => match msg {
+                    Ok(c) => {
+                        if c.rv <= last_rv {
+                            continue;
+                        }
+                        last_rv = c.rv;
+                        if c.storage != def.storage {
+                            continue;
+                        }
+                        if let Some((kind, obj)) = translate(&filter, &c)
+                            && tx.send(watch_event(kind, wrap(obj))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // This watcher fell out of the window: like the watch cache, end it
+                        // with 410 so the client re-lists.
+                        let _ = tx.send(too_old_event(last_rv, last_rv + 1)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// A change as seen through a filtered watch: objects entering the selection are ADDED, leaving
+/// it DELETED, as with the real watch cache.
+fn translate(filter: &Filter, c: &Change) -> Option<(&'static str, Value)> {
+    let now = filter.matches(&c.object);
+    let before = c.old.as_ref().and_then(|o| filter.matches(o));
+    match c.kind {
+        ChangeKind::Added => now.map(|v| ("ADDED", v)),
+        ChangeKind::Deleted => before
+            .or(now)
+            .map(|_| ("DELETED", present(filter.def, &c.object))),
+        ChangeKind::Modified => match (before.is_some(), now) {
+            (true, Some(v)) => Some(("MODIFIED", v)),
+            (false, Some(v)) => Some(("ADDED", v)),
+            (true, None) => Some(("DELETED", present(filter.def, &c.object))),
+            (false, None) => None,
+        },
+    }
+}
+
+/// Create: defaults → admission → validation → store.
+async fn create(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let obj = parse_object(def, &r.body)?;
+    let created = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+    let mut resp = json_response(StatusCode::CREATED, &present(def, &created.0));
+    for w in created.1 {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "'"))) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Creates an object (shared by POST and server-side apply). Returns it and admission warnings.
+pub async fn create_object(
+    st: &ApiState,
+    def: &'static ResourceDef,
+    path_ns: &str,
+    obj: Value,
+    dry_run: bool,
+    query: &Q,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let mut obj = ingest(def, obj);
+    if def.namespaced {
+        let body_ns = namespace_of(&obj).to_string();
+        if body_ns.is_empty() {
+            metadata_mut(&mut obj).insert("namespace".into(), json!(path_ns));
+        } else if body_ns != path_ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        require_namespace(st, path_ns, true)?;
+    } else {
+        metadata_mut(&mut obj).remove("namespace");
+    }
+    {
+        let meta = metadata_mut(&mut obj);
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        let gen_name = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if name.is_empty() && !gen_name.is_empty() {
+            let n = format!("{gen_name}{}", name_suffix());
+            meta.insert("name".into(), json!(n));
+        }
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now_time()));
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
+            meta.remove(k);
+        }
+    }
+    apply_kind_defaults(def, &mut obj);
+    let mut warnings = Vec::new();
+    if def.storage == "pods" {
+        let _ = query;
+        let outcome = st.admission.admit_pod_create(&st.store, &obj).await?;
+        warnings = outcome.warnings;
+        if let Some(patched) = outcome.patched {
+            obj = patched;
+            // The real server decodes (and so defaults) the patched object again.
+            kinds::default_pod(&mut obj);
+        }
+    }
+    let mut causes = kinds::validate_name(def.kind, name_of(&obj));
+    if def.storage == "pods" {
+        causes.extend(kinds::validate_pod(&obj));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(def.target(), name_of(&obj), causes));
+    }
+    let name = name_of(&obj).to_string();
+    let stored = st
+        .store
+        .create(def.storage, obj, dry_run)
+        .map_err(|()| ApiError::already_exists(def.target(), &name))?;
+    if def.storage == "namespaces" && !dry_run {
+        super::seed_service_account(&st.store, &name);
+    }
+    Ok((stored, warnings))
+}
+
+fn apply_kind_defaults(def: &ResourceDef, obj: &mut Value) {
+    match def.storage {
+        "pods" => kinds::default_pod(obj),
+        "namespaces" => kinds::default_namespace(obj),
+        "secrets" => kinds::default_secret(obj),
+        "mutatingwebhookconfigurations" => kinds::default_mutating_webhooks(obj),
+        _ => {}
+    }
+}
+
+fn has_status_subresource(def: &ResourceDef) -> bool {
+    def.subresources.contains(&"status")
+}
+
+/// The update rules shared by PUT and PATCH: optimistic concurrency, immutable metadata, the
+/// status subresource split and the pod spec rule; finishes deletion when the last finalizer
+/// of a terminating object goes away.
+fn apply_update(
+    def: &ResourceDef,
+    sub: Option<&str>,
+    cur: &Value,
+    mut new: Value,
+) -> Result<Update, ApiError> {
+    let name = name_of(cur).to_string();
+    let want_rv = rv_of(&new);
+    if !want_rv.is_empty() && want_rv != rv_of(cur) {
+        return Err(ApiError::conflict(def.target(), &name));
+    }
+    let want_uid = uid_of(&new);
+    if !want_uid.is_empty() && want_uid != uid_of(cur) {
+        return Err(ApiError::conflict_with(
+            def.target(),
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {want_uid}, UID in object meta: {}",
+                uid_of(cur)
+            ),
+        ));
+    }
+    if sub == Some("status") {
+        let mut out = cur.clone();
+        match new.get("status") {
+            Some(s) => out["status"] = s.clone(),
+            None => {
+                if let Some(m) = out.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        return Ok(Update::Put(out));
+    }
+    {
+        let cur_meta = cur.get("metadata").cloned().unwrap_or(json!({}));
+        let meta = metadata_mut(&mut new);
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generateName",
+        ] {
+            match cur_meta.get(k) {
+                Some(v) => {
+                    meta.insert(k.into(), v.clone());
+                }
+                None => {
+                    meta.remove(k);
+                }
+            }
+        }
+        meta.remove("managedFields");
+    }
+    if has_status_subresource(def) {
+        match cur.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    match def.storage {
+        "pods" => kinds::check_pod_spec_update(cur, &new)?,
+        "mutatingwebhookconfigurations" => kinds::default_mutating_webhooks(&mut new),
+        "namespaces" => {
+            if let Some(s) = cur.get("spec") {
+                new["spec"] = s.clone();
+            }
+        }
+        _ => {}
+    }
+    let terminating = !str_at(&new, &["metadata", "deletionTimestamp"]).is_empty();
+    let no_finalizers = new
+        .get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(|f| f.is_empty());
+    if terminating && no_finalizers {
+        let grace_over = def.storage != "pods"
+            || new
+                .get("metadata")
+                .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                .and_then(Value::as_i64)
+                == Some(0);
+        if grace_over && def.storage != "namespaces" {
+            return Ok(Update::Delete(new));
+        }
+    }
+    Ok(Update::Put(new))
+}
+
+fn update(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let mut body = ingest(def, parse_object(def, &r.body)?);
+    let body_name = name_of(&body).to_string();
+    if body_name != r.name() {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({})",
+            r.name()
+        )));
+    }
+    if def.namespaced {
+        let body_ns = namespace_of(&body).to_string();
+        if body_ns.is_empty() {
+            metadata_mut(&mut body).insert("namespace".into(), json!(r.ns()));
+        } else if body_ns != r.ns() {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    let sub = r.sub.as_deref();
+    let res = st
+        .store
+        .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
+            apply_update(def, sub, cur, body)
+        })?;
+    match res {
+        Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
+        None => Err(ApiError::not_found(def.target(), r.name())),
+    }
+}
+
+async fn patch_handler(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let ct = r
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = PatchKind::from_content_type(ct)?;
+    let sub = r.sub.as_deref();
+    let res = st
+        .store
+        .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
+            let mut doc = present(def, cur);
+            patch::apply(kind, &mut doc, &r.body)?;
+            apply_update(def, sub, cur, ingest(def, doc))
+        })?;
+    match res {
+        Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
+        None if kind == PatchKind::Apply && sub.is_none() => {
+            let mut obj = parse_object(def, &r.body)?;
+            metadata_mut(&mut obj).insert("name".into(), json!(r.name()));
+            let (created, _) = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+            Ok(json_response(StatusCode::CREATED, &present(def, &created)))
+        }
+        None => Err(ApiError::not_found(def.target(), r.name())),
+    }
+}
+
+/// Parsed `DeleteOptions` (body and query).
+#[derive(Debug, Default)]
+struct DeleteOptions {
+    grace: Option<i64>,
+    uid: Option<String>,
+    rv: Option<String>,
+}
+
+fn delete_options(r: &Req) -> Result<DeleteOptions, ApiError> {
+    let mut o = DeleteOptions::default();
+    if !r.body.is_empty() {
+        let v: Value = serde_json::from_slice(&r.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        o.grace = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+        o.uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        o.rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    if let Some(g) = r.query.get("gracePeriodSeconds") {
+        o.grace = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("invalid gracePeriodSeconds"))?,
+        );
+    }
+    Ok(o)
+}
+
+/// What a delete produced.
+enum Deleted {
+    /// Gone now (the last state).
+    Gone(Value),
+    /// Marked for deletion (graceful pods, finalizers, namespaces).
+    Terminating(Value),
+}
+
+fn delete_one(
+    st: &ApiState,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOptions,
+    dry_run: bool,
+) -> Result<Deleted, ApiError> {
+    let res = st.store.update(def.storage, ns, name, dry_run, |cur| {
+        if let Some(uid) = &opts.uid
+            && uid != uid_of(cur)
+        {
+            return Err(ApiError::conflict_with(
+                def.target(),
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    uid_of(cur)
+                ),
+            ));
+        }
+        if let Some(rv) = &opts.rv
+            && rv != rv_of(cur)
+        {
+            return Err(ApiError::conflict_with(
+                def.target(),
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    rv_of(cur)
+                ),
+            ));
+        }
+        let mut obj = cur.clone();
+        let finalizers = cur
+            .get("metadata")
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        let grace = match def.storage {
+            "pods" => {
+                let scheduled = !str_at(cur, &["spec", "nodeName"]).is_empty();
+                let terminal = matches!(
+                    str_at(cur, &["status", "phase"]),
+                    "Succeeded" | "Failed"
+                );
+                let g = opts
+                    .grace
+                    .or_else(|| {
+                        cur.pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(30)
+                    .max(0);
+                if scheduled && !terminal { g } else { 0 }
+            }
+            "namespaces" => 1,
+            _ => 0,
+        };
+        let already = cur
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if grace == 0 && !finalizers && def.storage != "namespaces" {
+            return Ok(Update::Delete(obj));
+        }
+        let grace = already.map_or(grace, |a| a.min(grace));
+        let meta = metadata_mut(&mut obj);
+        if already.is_none() || already.is_some_and(|a| grace < a) {
+            meta.insert("deletionTimestamp".into(), json!(time_in(grace)));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        }
+        if def.storage == "namespaces" {
+            obj["status"] = json!({"phase": "Terminating"});
+        }
+        Ok(Update::Put(obj))
+    })?;
+    match res {
+        None => Err(ApiError::not_found(def.target(), name)),
+        Some((obj, ChangeKind::Deleted)) => Ok(Deleted::Gone(obj)),
+        Some((obj, _)) => Ok(Deleted::Terminating(obj)),
+    }
+}
+
+fn delete(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let opts = delete_options(r)?;
+    let dry_run = r.dry_run();
+    match delete_one(st, def, r.ns(), r.name(), &opts, dry_run)? {
+        Deleted::Gone(obj) if def.storage != "pods" => Ok(json_response(
+            StatusCode::OK,
+            &success_status(def.target(), r.name(), uid_of(&obj)),
+        )),
+        Deleted::Gone(obj) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
+        Deleted::Terminating(obj) => {
+            if def.storage == "namespaces" && !dry_run {
+                finalize_namespace(st, r.name().to_string());
+            }
+            Ok(json_response(StatusCode::OK, &present(def, &obj)))
+        }
+    }
+}
+
+fn delete_collection(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let filter = Filter::new(r)?;
+    let opts = delete_options(r)?;
+    let (items, _) = st.store.list(def.storage, r.ns.as_deref());
+    let mut out = Vec::new();
+    for o in items.iter().filter(|o| filter.matches(o).is_some()) {
+        match delete_one(st, def, namespace_of(o), name_of(o), &opts, r.dry_run()) {
+            Ok(Deleted::Gone(v) | Deleted::Terminating(v)) => out.push(present(def, &v)),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": def.list_kind(), "apiVersion": def.api_version(),
+                "metadata": {"resourceVersion": st.store.current_rv().to_string()},
+                "items": out}),
+    ))
+}
+
+/// The namespace controller: delete everything in a terminating namespace (pods gracefully, so
+/// the kubelet stops them), wait for the pods to be gone, then remove the namespace.
+fn finalize_namespace(st: &ApiState, ns: String) {
+    let store = st.store.clone();
+    let defs = resources::RESOURCES.iter().filter(|d| {
+        d.namespaced && !d.create_only && !(d.storage == "events" && d.group.is_empty())
+    });
+    for def in defs {
+        let (items, _) = store.list(def.storage, Some(&ns));
+        for o in items {
+            let _ = store.update(def.storage, &ns, name_of(&o), false, |cur| {
+                let graceful = def.storage == "pods"
+                    && !str_at(cur, &["spec", "nodeName"]).is_empty()
+                    && !matches!(str_at(cur, &["status", "phase"]), "Succeeded" | "Failed");
+                if !graceful {
+                    return Ok::<_, ApiError>(Update::Delete(cur.clone()));
+                }
+                let mut obj = cur.clone();
+                if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                    let grace = cur
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30);
+                    let meta = metadata_mut(&mut obj);
+                    meta.insert("deletionTimestamp".into(), json!(time_in(grace)));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                Ok(Update::Put(obj))
+            });
+        }
+    }
+    tokio::spawn(async move {
+        // Bounded: pods stop within their grace period; give up after a generous minute.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (pods, _) = store.list("pods", Some(&ns));
+            if pods.is_empty() || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = store.delete("namespaces", "", &ns, None);
+    });
+}

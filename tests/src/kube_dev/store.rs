@@ -1,0 +1,447 @@
+//! The object store: every object as `serde_json::Value` (unknown fields kept verbatim), one
+//! global `resourceVersion` counter, and a bounded history of changes for watches.
+//!
+//! ```text
+//!   write (create/update/delete) ──lock──▶ objects + rv += 1 ──▶ history (last N changes)
+//!                                                   └─────────▶ broadcast ──▶ watch streams
+//!                                                   └─────────▶ observers (kubelet, unbounded)
+//! ```
+//!
+//! A watch from resourceVersion `N` replays the history after `N` and then follows the broadcast;
+//! if `N` is older than the history window the watch gets `410 Expired`, as from etcd compaction.
+//! The lock is a `std::sync::Mutex` never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::util::{metadata_mut, name_of, namespace_of};
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// The watch event `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The resourceVersion it produced.
+    pub rv: u64,
+    /// Storage key (`pods`, `events`, ...).
+    pub storage: &'static str,
+    /// Namespace (`""` for cluster-scoped).
+    pub namespace: String,
+    /// Added, modified or deleted.
+    pub kind: ChangeKind,
+    /// The object after the change (for deletes: the last state, with the deletion's rv).
+    pub object: Value,
+    /// The object before the change (modifications and deletions).
+    pub old: Option<Value>,
+}
+
+/// Why a watch could not start from the requested resourceVersion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld {
+    /// The requested resourceVersion.
+    pub requested: u64,
+    /// The oldest resourceVersion still in the history window.
+    pub oldest: u64,
+}
+
+/// Where a watch starts.
+#[derive(Debug)]
+pub struct WatchStart {
+    /// Objects that exist now (for "start at most recent" watches), with the rv of that snapshot.
+    pub snapshot: Option<(Vec<Value>, u64)>,
+    /// History replay (for watches from a given rv).
+    pub replay: Vec<Arc<Change>>,
+    /// Subsequent changes.
+    pub rx: broadcast::Receiver<Arc<Change>>,
+    /// The rv the stream is known to be current at.
+    pub start_rv: u64,
+}
+
+type Key = (String, String);
+
+#[derive(Debug)]
+struct Inner {
+    rv: u64,
+    objects: HashMap<&'static str, BTreeMap<Key, Value>>,
+    history: VecDeque<Arc<Change>>,
+    history_cap: usize,
+    /// Every change with rv > floor is still in `history`.
+    floor: u64,
+    observers: Vec<(&'static str, mpsc::UnboundedSender<Arc<Change>>)>,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<Change>>,
+}
+
+/// The outcome of an update closure.
+#[derive(Debug)]
+pub enum Update {
+    /// Store this object (a no-op if equal to the current one).
+    Put(Value),
+    /// Remove the object (e.g. the last finalizer went away on a terminating object).
+    Delete(Value),
+}
+
+impl Store {
+    /// An empty store keeping the last `history_cap` changes for watches.
+    pub fn new(history_cap: usize) -> Self {
+        // Watchers that fall this far behind get a 410 and re-list, like a real server whose
+        // watch cache overflows; generous so that only the history window test triggers it.
+        let (tx, _) = broadcast::channel(8192);
+        Self {
+            inner: Mutex::new(Inner {
+                rv: 0,
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                history_cap: history_cap.max(1),
+                floor: 0,
+                observers: Vec::new(),
+            }),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every write is one insert);
+        // keep serving rather than poisoning every later request.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an observer that receives every change of `storage`, unbounded and in order.
+    pub fn observe(&self, storage: &'static str) -> mpsc::UnboundedReceiver<Arc<Change>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().observers.push((storage, tx));
+        rx
+    }
+
+    /// The current global resourceVersion.
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// One object.
+    pub fn get(&self, storage: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(storage)
+            .and_then(|m| m.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// All objects of a storage (optionally of one namespace), sorted by namespace and name,
+    /// with the rv of this snapshot.
+    pub fn list(&self, storage: &str, namespace: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        (Self::list_locked(&inner, storage, namespace), inner.rv)
+    }
+
+    fn list_locked(inner: &Inner, storage: &str, namespace: Option<&str>) -> Vec<Value> {
+        inner
+            .objects
+            .get(storage)
+            .map(|m| {
+                m.iter()
+                    .filter(|((ns, _), _)| namespace.is_none_or(|want| ns == want))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn commit(inner: &mut Inner, tx: &broadcast::Sender<Arc<Change>>, change: Change) {
+        let change = Arc::new(change);
+        inner.history.push_back(change.clone());
+        while inner.history.len() > inner.history_cap {
+            if let Some(old) = inner.history.pop_front() {
+                inner.floor = old.rv;
+            }
+        }
+        inner.observers.retain(|(storage, otx)| {
+            if *storage == change.storage {
+                otx.send(change.clone()).is_ok()
+            } else {
+                true
+            }
+        });
+        // No receivers is fine (nobody watching).
+        let _ = tx.send(change);
+    }
+
+    fn set_rv(obj: &mut Value, rv: u64) {
+        metadata_mut(obj).insert("resourceVersion".into(), json!(rv.to_string()));
+    }
+
+    /// Inserts a new object (its rv is assigned here). `Err(())` if the name is taken.
+    pub fn create(
+        &self,
+        storage: &'static str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ()> {
+        let mut inner = self.lock();
+        let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
+        if inner
+            .objects
+            .get(storage)
+            .is_some_and(|m| m.contains_key(&key))
+        {
+            return Err(());
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        Self::set_rv(&mut obj, rv);
+        inner
+            .objects
+            .entry(storage)
+            .or_default()
+            .insert(key.clone(), obj.clone());
+        Self::commit(
+            &mut inner,
+            &self.tx,
+            Change {
+                rv,
+                storage,
+                namespace: key.0,
+                kind: ChangeKind::Added,
+                object: obj.clone(),
+                old: None,
+            },
+        );
+        Ok(obj)
+    }
+
+    /// Read-modify-write of one object under the lock. `f` gets the current object and decides.
+    /// Returns `Ok(None)` if the object does not exist, otherwise the stored (or removed) object.
+    pub fn update<E>(
+        &self,
+        storage: &'static str,
+        namespace: &str,
+        name: &str,
+        dry_run: bool,
+        f: impl FnOnce(&Value) -> Result<Update, E>,
+    ) -> Result<Option<(Value, ChangeKind)>, E> {
+        let mut inner = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let Some(current) = inner
+            .objects
+            .get(storage)
+            .and_then(|m| m.get(&key))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        match f(&current)? {
+            Update::Put(mut new) => {
+                Self::set_rv(&mut new, current_rv_of(&current));
+                if new == current || dry_run {
+                    return Ok(Some((new, ChangeKind::Modified)));
+                }
+                inner.rv += 1;
+                let rv = inner.rv;
+                Self::set_rv(&mut new, rv);
+                inner
+                    .objects
+                    .entry(storage)
+                    .or_default()
+                    .insert(key.clone(), new.clone());
+                Self::commit(
+                    &mut inner,
+                    &self.tx,
+                    Change {
+                        rv,
+                        storage,
+                        namespace: key.0,
+                        kind: ChangeKind::Modified,
+                        object: new.clone(),
+                        old: Some(current),
+                    },
+                );
+                Ok(Some((new, ChangeKind::Modified)))
+            }
+            Update::Delete(last) => {
+                if dry_run {
+                    return Ok(Some((last, ChangeKind::Deleted)));
+                }
+                Ok(
+                    Self::remove_locked(&mut inner, &self.tx, storage, key, last)
+                        .map(|v| (v, ChangeKind::Deleted)),
+                )
+            }
+        }
+    }
+
+    fn remove_locked(
+        inner: &mut Inner,
+        tx: &broadcast::Sender<Arc<Change>>,
+        storage: &'static str,
+        key: Key,
+        mut last: Value,
+    ) -> Option<Value> {
+        let old = inner.objects.get_mut(storage)?.remove(&key)?;
+        inner.rv += 1;
+        let rv = inner.rv;
+        Self::set_rv(&mut last, rv);
+        Self::commit(
+            inner,
+            tx,
+            Change {
+                rv,
+                storage,
+                namespace: key.0,
+                kind: ChangeKind::Deleted,
+                object: last.clone(),
+                old: Some(old),
+            },
+        );
+        Some(last)
+    }
+
+    /// Removes an object if it still exists (and, if `uid` is given, is still that object).
+    pub fn delete(
+        &self,
+        storage: &'static str,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Option<Value> {
+        let mut inner = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let current = inner.objects.get(storage)?.get(&key)?.clone();
+        if let Some(uid) = uid
+            && super::util::uid_of(&current) != uid
+        {
+            return None;
+        }
+        Self::remove_locked(&mut inner, &self.tx, storage, key, current)
+    }
+
+    /// Starts a watch. `from`: `None` = from now with the current objects as a snapshot;
+    /// `Some(n)` = replay every change after `n`.
+    pub fn watch(&self, storage: &str, from: Option<u64>) -> Result<WatchStart, TooOld> {
+        let inner = self.lock();
+        let rx = self.tx.subscribe();
+        match from {
+            None => {
+                let items = Self::list_locked(&inner, storage, None);
+                Ok(WatchStart {
+                    snapshot: Some((items, inner.rv)),
+                    replay: Vec::new(),
+                    rx,
+                    start_rv: inner.rv,
+                })
+            }
+            Some(n) => {
+                if n < inner.floor {
+                    return Err(TooOld {
+                        requested: n,
+                        oldest: inner.floor + 1,
+                    });
+                }
+                let replay = inner
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > n && c.storage == storage)
+                    .cloned()
+                    .collect();
+                Ok(WatchStart {
+                    snapshot: None,
+                    replay,
+                    rx,
+                    // The replay covers every change up to now, whatever its storage.
+                    start_rv: n.max(inner.rv),
+                })
+            }
+        }
+    }
+}
+
+fn current_rv_of(obj: &Value) -> u64 {
+    super::util::rv_of(obj).parse().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(ns: &str, name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": ns}})
+    }
+
+    #[test]
+    fn writes_bump_one_global_counter() {
+        let s = Store::new(10);
+        let a = s.create("pods", obj("d", "a"), false).unwrap();
+        let b = s.create("leases", obj("d", "b"), false).unwrap();
+        assert_eq!(a["metadata"]["resourceVersion"], "1");
+        assert_eq!(b["metadata"]["resourceVersion"], "2");
+        assert!(s.create("pods", obj("d", "a"), false).is_err());
+        let (u, _) = s
+            .update::<()>("pods", "d", "a", false, |cur| {
+                let mut n = cur.clone();
+                n["spec"] = json!({"x": 1});
+                Ok(Update::Put(n))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(u["metadata"]["resourceVersion"], "3");
+        // A no-op update does not bump the counter.
+        let (same, _) = s
+            .update::<()>("pods", "d", "a", false, |cur| Ok(Update::Put(cur.clone())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(same["metadata"]["resourceVersion"], "3");
+        let d = s.delete("pods", "d", "a", None).unwrap();
+        assert_eq!(d["metadata"]["resourceVersion"], "4");
+        assert_eq!(s.current_rv(), 4);
+    }
+
+    #[test]
+    fn watches_older_than_the_window_are_too_old() {
+        let s = Store::new(2);
+        for i in 0..5 {
+            s.create("pods", obj("d", &format!("p{i}")), false).unwrap();
+        }
+        // History holds rv 4 and 5: rv 3 and later can be served, 2 cannot.
+        assert!(s.watch("pods", Some(3)).is_ok());
+        let e = s.watch("pods", Some(2)).unwrap_err();
+        assert_eq!(
+            e,
+            TooOld {
+                requested: 2,
+                oldest: 4
+            }
+        );
+        let w = s.watch("pods", Some(3)).unwrap();
+        assert_eq!(w.replay.len(), 2);
+    }
+}

@@ -1,0 +1,493 @@
+//! kube-dev against the unmodified kube-rs client: CRUD, selectors, patches, optimistic
+//! concurrency, watches (raw and `kube::runtime::watcher`), the events Recorder, and the
+//! Status errors of the real API server.
+
+use std::time::Duration;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource as _, ResourceExt as _};
+use serde_json::json;
+
+use approle_testkit::kube_dev::{Config, KubeDev, Running};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn start() -> (Running, kube::Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let running = KubeDev::start(Config::default())
+        .await
+        .expect("kube-dev starts");
+    let client = running.client().await.expect("client from kubeconfig");
+    (running, client)
+}
+
+fn pod(name: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
+    }))
+    .expect("valid pod")
+}
+
+fn api_error(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pods_support_create_get_list_patch_and_status_errors() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+
+    let mut generated = pod("", json!({"app": "web", "tier": "front"}));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("web-".into());
+    let created = pods
+        .create(&PostParams::default(), &generated)
+        .await
+        .expect("create");
+    let name = created.name_any();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_eq!(created.namespace().as_deref(), Some("default"));
+    assert!(created.uid().is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    let rv1: u64 = created
+        .resource_version()
+        .expect("rv")
+        .parse()
+        .expect("numeric rv");
+    assert_eq!(
+        created.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+
+    pods.create(&PostParams::default(), &pod("db-0", json!({"app": "db"})))
+        .await
+        .expect("create db-0");
+    let dup = api_error(
+        pods.create(&PostParams::default(), &pod("db-0", json!({})))
+            .await
+            .expect_err("duplicate"),
+    );
+    assert_eq!(dup.code, 409);
+    assert_eq!(dup.reason, "AlreadyExists");
+    assert_eq!(dup.message, "pods \"db-0\" already exists");
+
+    let missing = api_error(pods.get("web-0").await.expect_err("missing"));
+    assert_eq!(missing.code, 404);
+    assert_eq!(missing.reason, "NotFound");
+    assert_eq!(missing.message, "pods \"web-0\" not found");
+
+    let got = pods.get(&name).await.expect("get");
+    assert_eq!(got.uid(), created.uid());
+
+    let names = |l: Vec<Pod>| {
+        let mut n: Vec<String> = l.iter().map(|p| p.name_any()).collect();
+        n.sort();
+        n
+    };
+    let by_label = pods
+        .list(&ListParams::default().labels("app=web,tier!=back,app in (web,x),!missing,tier"))
+        .await
+        .expect("list");
+    assert_eq!(names(by_label.items), vec![name.clone()]);
+    let by_field = pods
+        .list(&ListParams::default().fields("metadata.name=db-0"))
+        .await
+        .expect("list by field");
+    assert_eq!(names(by_field.items), vec!["db-0".to_string()]);
+    let bad = api_error(
+        pods.list(&ListParams::default().fields("metadata.labels=x"))
+            .await
+            .expect_err("unsupported field"),
+    );
+    assert_eq!(bad.code, 400);
+    assert_eq!(bad.message, "field label not supported: metadata.labels");
+    let all = pods.list(&ListParams::default()).await.expect("list all");
+    let list_rv: u64 = all
+        .metadata
+        .resource_version
+        .expect("list rv")
+        .parse()
+        .expect("n");
+    assert!(list_rv > rv1);
+
+    let merged = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"a": "1"}}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(merged.annotations().get("a").map(String::as_str), Some("1"));
+    let strategic = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"spec": {"containers": [{"name": "app", "image": "nginx:1.28"}]}}),
+            ),
+        )
+        .await
+        .expect("strategic patch");
+    let containers = &strategic.spec.as_ref().expect("spec").containers;
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers[0].image.as_deref(), Some("nginx:1.28"));
+    let json_patched = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(
+                    json!([{"op": "add", "path": "/metadata/labels/extra", "value": "yes"}]),
+                )
+                .expect("patch"),
+            ),
+        )
+        .await
+        .expect("json patch");
+    assert_eq!(
+        json_patched.labels().get("extra").map(String::as_str),
+        Some("yes")
+    );
+
+    // Pod spec fields other than images are immutable.
+    let forbidden = api_error(
+        pods.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"containers": [{"name": "app", "args": ["x"]}]}})),
+        )
+        .await
+        .expect_err("spec change"),
+    );
+    assert_eq!(forbidden.code, 422);
+    assert_eq!(forbidden.reason, "Invalid");
+
+    let invalid = api_error(
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "empty"}, "spec": {"containers": []}}),
+            )
+            .expect("pod"),
+        )
+        .await
+        .expect_err("no containers"),
+    );
+    assert_eq!(invalid.code, 422);
+    assert_eq!(
+        invalid.message,
+        "Pod \"empty\" is invalid: spec.containers: Required value"
+    );
+}
+
+#[tokio::test]
+async fn stale_updates_conflict_for_pods_and_leases() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    // Bound to another node so that the kubelet does not update it concurrently.
+    let mut parked = pod("web-0", json!({}));
+    parked.spec.as_mut().expect("spec").node_name = Some("elsewhere".into());
+    let p = pods
+        .create(&PostParams::default(), &parked)
+        .await
+        .expect("create");
+    let mut fresh = p.clone();
+    fresh.labels_mut().insert("a".into(), "1".into());
+    pods.replace("web-0", &PostParams::default(), &fresh)
+        .await
+        .expect("first update");
+    let mut stale = p.clone();
+    stale.labels_mut().insert("a".into(), "2".into());
+    let conflict = api_error(
+        pods.replace("web-0", &PostParams::default(), &stale)
+            .await
+            .expect_err("stale"),
+    );
+    assert_eq!(conflict.code, 409);
+    assert_eq!(conflict.reason, "Conflict");
+    assert_eq!(
+        conflict.message,
+        "Operation cannot be fulfilled on pods \"web-0\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "approle-controller"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .expect("lease");
+    let l1 = leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create lease");
+    let mut by_b = l1.clone();
+    by_b.spec.as_mut().expect("spec").holder_identity = Some("b".into());
+    leases
+        .replace("approle-controller", &PostParams::default(), &by_b)
+        .await
+        .expect("b takes over");
+    let mut by_c = l1.clone();
+    by_c.spec.as_mut().expect("spec").holder_identity = Some("c".into());
+    let lost = api_error(
+        leases
+            .replace("approle-controller", &PostParams::default(), &by_c)
+            .await
+            .expect_err("c lost the race"),
+    );
+    assert_eq!(lost.code, 409);
+    assert!(
+        lost.message
+            .contains("leases.coordination.k8s.io \"approle-controller\"")
+    );
+    let now = leases.get("approle-controller").await.expect("get lease");
+    assert_eq!(
+        now.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
+}
+
+#[tokio::test]
+async fn raw_watch_reports_added_modified_deleted_in_order() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let list = pods.list(&ListParams::default()).await.expect("list");
+    let rv = list.metadata.resource_version.expect("rv");
+    let stream = pods
+        .watch(
+            &WatchParams::default().labels("app=watched").timeout(30),
+            &rv,
+        )
+        .await
+        .expect("watch");
+    let mut stream = stream.boxed();
+
+    pods.create(
+        &PostParams::default(),
+        &pod("w-0", json!({"app": "watched"})),
+    )
+    .await
+    .expect("create");
+    pods.create(
+        &PostParams::default(),
+        &pod("other", json!({"app": "other"})),
+    )
+    .await
+    .expect("create other");
+    pods.delete("w-0", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = stream.try_next().await.expect("watch stream") {
+            match ev {
+                WatchEvent::Added(p) => seen.push(format!("ADDED {}", p.name_any())),
+                WatchEvent::Modified(p) => seen.push(format!("MODIFIED {}", p.name_any())),
+                WatchEvent::Deleted(p) => {
+                    seen.push(format!("DELETED {}", p.name_any()));
+                    break;
+                }
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => panic!("watch error {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("watch finishes in time");
+    seen.dedup();
+    assert_eq!(seen.first().map(String::as_str), Some("ADDED w-0"));
+    assert_eq!(seen.last().map(String::as_str), Some("DELETED w-0"));
+    assert!(seen.iter().all(|s| s.ends_with("w-0")), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s.starts_with("MODIFIED")),
+        "kubelet updates are seen: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn runtime_watcher_sees_apply_and_delete() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
+    // The initial list completes before anything is created.
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = events.try_next().await.expect("watcher") {
+            if matches!(ev, watcher::Event::InitDone) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("init done");
+    pods.create(&PostParams::default(), &pod("seen-0", json!({})))
+        .await
+        .expect("create");
+    let mut applied = false;
+    let mut deleted = false;
+    let mut deleted_once = false;
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = events.try_next().await.expect("watcher") {
+            match ev {
+                watcher::Event::Apply(p) if p.name_any() == "seen-0" => {
+                    let running =
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    if !applied || running {
+                        applied = true;
+                    }
+                    if running && !deleted_once {
+                        deleted_once = true;
+                        pods.delete("seen-0", &DeleteParams::default())
+                            .await
+                            .expect("delete");
+                    }
+                }
+                watcher::Event::Delete(p) if p.name_any() == "seen-0" => {
+                    deleted = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("watcher sees the pod come and go");
+    assert!(applied && deleted);
+}
+
+#[tokio::test]
+async fn recorder_publishes_events_visible_in_both_event_apis() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let p = pods
+        .create(&PostParams::default(), &pod("web-0", json!({})))
+        .await
+        .expect("create");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "approle-controller".into(),
+            instance: Some("approle-controller-0".into()),
+        },
+    );
+    let reference = p.object_ref(&());
+    let ev = RecorderEvent {
+        type_: EventType::Normal,
+        reason: "SecretIdDelivered".into(),
+        note: Some("delivered to web-0".into()),
+        action: "Deliver".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("first publish");
+    // The same event again is a series: the Recorder PATCHes the existing Event.
+    recorder
+        .publish(&ev, &reference)
+        .await
+        .expect("second publish");
+
+    let new_api: Api<Event> = Api::default_namespaced(client.clone());
+    let list = new_api
+        .list(&ListParams::default().fields("regarding.name=web-0"))
+        .await
+        .expect("events.k8s.io list");
+    assert_eq!(list.items.len(), 1);
+    let e = &list.items[0];
+    assert_eq!(e.reason.as_deref(), Some("SecretIdDelivered"));
+    assert_eq!(
+        e.reporting_controller.as_deref(),
+        Some("approle-controller")
+    );
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+
+    let core: Api<CoreEvent> = Api::default_namespaced(client.clone());
+    let core_list = core
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.name=web-0,involvedObject.namespace=default,involvedObject.uid={}",
+            p.uid().expect("uid")
+        )))
+        .await
+        .expect("core events list");
+    assert_eq!(core_list.items.len(), 1);
+    assert_eq!(
+        core_list.items[0].message.as_deref(),
+        Some("delivered to web-0")
+    );
+    assert_eq!(
+        core_list.items[0].involved_object.name.as_deref(),
+        Some("web-0")
+    );
+}
+
+#[tokio::test]
+async fn namespaces_gate_creation_and_graceful_delete_removes_the_pod() {
+    let (_kd, client) = start().await;
+    let in_missing: Api<Pod> = Api::namespaced(client.clone(), "nope");
+    let e = api_error(
+        in_missing
+            .create(&PostParams::default(), &pod("p", json!({})))
+            .await
+            .expect_err("namespace missing"),
+    );
+    assert_eq!(e.code, 404);
+    assert_eq!(e.message, "namespaces \"nope\" not found");
+
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team-a"}})).expect("ns");
+    let created = nss
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create ns");
+    assert_eq!(
+        created
+            .labels()
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("team-a")
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
+    pods.create(&PostParams::default(), &pod("p", json!({})))
+        .await
+        .expect("create in team-a");
+    let running = kube::runtime::wait::await_condition(pods.clone(), "p", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Running")
+    });
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("running in time")
+        .expect("watch");
+    let resp = pods
+        .delete("p", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let terminating = resp.left().expect("graceful delete returns the pod");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let uid = terminating.uid().expect("uid");
+    let gone = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "p",
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("deleted in time")
+        .expect("watch");
+}
