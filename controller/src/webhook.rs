@@ -5,9 +5,10 @@
 //!     │  unreadable JSON, or no `request` ─────────────────────────────▶ HTTP 400
 //!     ▼
 //!  review(request)                                          (pure: every case is a table row)
-//!     Pod CREATE:  should inject? ── not opted in / own namespace / kube-system ─▶ allowed as is
+//!     Pod CREATE:  should inject? ── own namespace / kube-system / injected already ─▶ allowed as is
 //!                     │
 //!                  parse + validate annotations ── unknown key, bad value ─▶ denied, key named
+//!                     │                         └─ not opted in ─▶ allowed as is
 //!                     │
 //!                  inject::patch ── unknown container, volume or path taken ─▶ denied
 //!                     ▼
@@ -157,6 +158,11 @@ fn review_pod(
         } else {
             Vec::new()
         });
+    }
+    if inject::is_injected(&pod) {
+        // Left as it is (a reinvocation, or a copy of an injected pod); the controller still
+        // reports bad annotations on it as an Event.
+        return Verdict::allow();
     }
     let spec = match InjectionSpec::from_annotations(&annotations) {
         Ok(None) => return Verdict::allow(),
@@ -455,6 +461,21 @@ mod tests {
             (
                 "the controller's own namespace is never mutated, even with bad annotations",
                 pod_review(SELF_NS, "CREATE", json!({"vault-approle.io/rol": "x"})),
+                Box::new(unchanged),
+            ),
+            (
+                "an injected pod is left as it is",
+                admission(
+                    "",
+                    "Pod",
+                    "default",
+                    "CREATE",
+                    json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "copy", "annotations": {"vault-approle.io/role": "web"}},
+                    "spec": {"initContainers": [{"name": approle_shared::INIT_CONTAINER_NAME, "image": "i"}],
+                             "containers": [{"name": "app", "image": "a"}]}}),
+                ),
                 Box::new(unchanged),
             ),
             (

@@ -1,7 +1,9 @@
 //! `approle-sandbox`: the whole system on one machine, in one command.
 //!
 //! Starts vault-dev and kube-dev, configures Vault (AppRole mount, policies, role `web`, the
-//! controller's token), runs the real approle-controller, creates `--pods` annotated pods, waits until
+//! controller's token), runs the real approle-controller, registers a MutatingWebhookConfiguration
+//! in kube-dev that calls the controller's webhook (`https://127.0.0.1:<port>/mutate`, caBundle
+//! kept by the controller), creates `--pods` plain annotated pods (the webhook injects them), waits until
 //! every pod holds a token that works from its own address, prints a table and exits 0. With
 //! `--keep` it stays up and prints the `export` lines to explore with kubectl and Vault clients.
 
