@@ -274,9 +274,9 @@ pub struct Stack {
     pub kubeconfig: PathBuf,
     /// kube-dev's kubelet root dir (pod volumes and container logs).
     pub kube_root: PathBuf,
-    /// The controller, if started.
-    pub controller: Option<Proc>,
-    /// URL of the controller's webhook, once it runs.
+    /// The controllers started, in order (the webhook configuration calls the last one).
+    pub controllers: Vec<Proc>,
+    /// URL of the last controller's webhook.
     pub webhook_url: Option<String>,
     /// A CA of the harness's own, for tests that run approle-init without the controller (the
     /// controller manages its own: [`Stack::injector_ca_pem`]).
@@ -373,7 +373,7 @@ impl Stack {
             kube,
             kubeconfig,
             kube_root,
-            controller: None,
+            controllers: Vec::new(),
             webhook_url: None,
             ca,
             http,
@@ -493,7 +493,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         Ok(())
     }
 
-    /// Starts (or restarts) the controller with the stack's kubeconfig, then points the
+    /// Starts one more controller with the stack's kubeconfig, then points the
     /// MutatingWebhookConfiguration [`WEBHOOK_CONFIG`] at its webhook and waits until the
     /// controller has put its CA into the caBundle: from then on, pods are injected.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
@@ -523,7 +523,11 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 "info,approle_controller=debug",
             )
             .args(&self.options.controller_args);
-        let n = std::fs::read_dir(self.dir.path())?.count();
+        // Each start gets its own log file, also after a test took a controller out of the list.
+        let n = std::fs::read_dir(self.dir.path())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("controller-"))
+            .count();
         let (proc, _) = Proc::spawn(
             &format!("controller-{n}"),
             cmd,
@@ -536,13 +540,14 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             let out = proc.output();
             async move {
                 out.lines()
-                    .find(|l| l.contains("webhook listening"))
+                    .filter(|l| l.contains("webhook listening"))
+                    .next_back()
                     .and_then(|l| ready_field(l, "addr"))
             }
         })
         .await
         .with_context(|| format!("controller output:\n{}", proc.output()));
-        self.controller = Some(proc);
+        self.controllers.push(proc);
         let url = format!("https://{}/mutate", listening?);
         self.register_webhook(&url).await?;
         let ca = self.injector_ca_pem().await?;
@@ -832,7 +837,7 @@ impl Drop for Stack {
         // Stop the controller first so it does not push during teardown, then kube-dev with SIGTERM:
         // it stops the approle-init processes its kubelet started, which a SIGKILL would orphan
         // (still bound to pod IPs the next stack hands out again).
-        if let Some(c) = self.controller.as_mut() {
+        for c in self.controllers.iter_mut() {
             c.stop_blocking(Duration::from_secs(5));
         }
         if let Some(k) = self.kube.as_mut() {

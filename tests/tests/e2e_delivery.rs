@@ -225,7 +225,7 @@ async fn vault_outage_gets_backoff_and_delivery_when_it_returns() {
         .wait_pod("outage-0", "delivered after unseal", DELIVERY, delivered)
         .await
         .expect("delivered");
-    let controller = stack.controller.as_mut().expect("controller");
+    let controller = stack.controllers.first_mut().expect("controller");
     assert!(
         controller.is_running(),
         "the controller must survive the outage"

@@ -216,7 +216,7 @@ async fn invalid_annotations_are_refused_at_admission_with_a_message_naming_the_
 async fn with_the_webhook_down_annotated_pods_are_refused_and_other_pods_are_created() {
     let _one = harness::exclusive().await;
     let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
-    let mut controller = stack.controller.take().expect("controller");
+    let mut controller = stack.controllers.pop().expect("controller");
     controller.terminate();
     controller
         .wait(Duration::from_secs(10))
@@ -273,7 +273,7 @@ async fn restarting_the_controller_keeps_the_ca_that_running_pods_trust() {
         .wait_event("across-0", "DeliveryFailed", DELIVERY)
         .await
         .expect("the first controller tried");
-    let mut first = stack.controller.take().expect("controller");
+    let mut first = stack.controllers.pop().expect("controller");
     first.terminate();
     first
         .wait(Duration::from_secs(10))
@@ -381,7 +381,7 @@ async fn certificates_are_renewed_without_a_restart() {
     )
     .await
     .expect("renewed");
-    let controller = stack.controller.as_ref().expect("controller");
+    let controller = stack.controllers.last().expect("controller");
     assert!(
         controller.output().contains("certificates reloaded"),
         "the controller reports the renewal"

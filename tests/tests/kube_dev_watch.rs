@@ -114,35 +114,12 @@ async fn kube_watcher_relists_after_410_and_misses_no_pod() {
     // Each watch request ends after a second, so the watcher resumes from its last version.
     let cfg = watcher::Config::default().labels("app=watched").timeout(1);
     let mut stream = watcher(pods.clone(), cfg).default_backoff().boxed();
-    let mut inits = 0;
-    let mut expired = 0;
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut created: BTreeSet<String> = BTreeSet::new();
-
-    let next = async |stream: &mut futures::stream::BoxStream<
-        '_,
-        Result<watcher::Event<Pod>, watcher::Error>,
-    >,
-                      inits: &mut usize,
-                      expired: &mut usize,
-                      seen: &mut BTreeSet<String>| {
-        match tokio::time::timeout(DEADLINE, stream.next())
-            .await
-            .expect("watcher event in time")
-        {
-            Some(Ok(watcher::Event::Init)) => *inits += 1,
-            Some(Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p))) => {
-                seen.insert(p.name_any());
-            }
-            Some(Ok(_)) => {}
-            Some(Err(watcher::Error::WatchError(s))) if s.code == 410 => *expired += 1,
-            Some(Err(e)) => panic!("watcher error {e:?}"),
-            None => panic!("watcher ended"),
-        }
-    };
-    while inits == 0 {
-        next(&mut stream, &mut inits, &mut expired, &mut seen).await;
+    let mut t = Tracker::default();
+    // The watcher is lazy: its first list happens when polled past `Init`.
+    while t.init_done == 0 {
+        t.step(&mut stream).await;
     }
+    let mut created: BTreeSet<String> = BTreeSet::new();
     for round in 0..2 {
         let name = format!("p-{round}");
         pods.create(&PostParams::default(), &parked_pod(&name))
@@ -150,16 +127,59 @@ async fn kube_watcher_relists_after_410_and_misses_no_pod() {
             .expect("create");
         created.insert(name);
         churn(&client, &format!("r{round}"), 10).await;
-        let want_inits = round + 2;
-        while inits < want_inits || !created.is_subset(&seen) {
-            next(&mut stream, &mut inits, &mut expired, &mut seen).await;
+        // Resuming after the churn gets 410; the watcher re-lists and finds the pod again.
+        let want = round + 2;
+        while t.init_done < want || !created.is_subset(&t.seen) {
+            t.step(&mut stream).await;
         }
     }
+    let Tracker { expired, seen, .. } = t;
     assert!(
         expired >= 2,
         "each resume after churn hit 410 (saw {expired})"
     );
     assert_eq!(seen, created);
+}
+
+#[derive(Default)]
+struct Tracker {
+    inits: usize,
+    init_done: usize,
+    expired: usize,
+    seen: BTreeSet<String>,
+    log: Vec<String>,
+}
+
+impl Tracker {
+    async fn step(
+        &mut self,
+        stream: &mut futures::stream::BoxStream<'_, Result<watcher::Event<Pod>, watcher::Error>>,
+    ) {
+        let item = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no watcher event in time; so far: {:?}", self.log));
+        match item {
+            Some(Ok(watcher::Event::Init)) => {
+                self.inits += 1;
+                self.log.push("Init".into());
+            }
+            Some(Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p))) => {
+                self.log.push(format!("Apply {}", p.name_any()));
+                self.seen.insert(p.name_any());
+            }
+            Some(Ok(watcher::Event::InitDone)) => {
+                self.init_done += 1;
+                self.log.push("InitDone".into());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(watcher::Error::WatchError(s))) if s.code == 410 => {
+                self.log.push("410".into());
+                self.expired += 1;
+            }
+            Some(Err(e)) => panic!("watcher error {e:?}"),
+            None => panic!("watcher ended"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -215,11 +235,10 @@ async fn bookmarks_carry_the_current_resource_version() {
         .expect("watch")
         .boxed();
     let bookmark = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match stream.try_next().await.expect("stream").expect("event") {
-                WatchEvent::Bookmark(b) => break b,
-                other => panic!("only bookmarks expected, got {other:?}"),
-            }
+        // Only configmaps changed since `rv`: the first event is a bookmark.
+        match stream.try_next().await.expect("stream").expect("event") {
+            WatchEvent::Bookmark(b) => b,
+            other => panic!("only bookmarks expected, got {other:?}"),
         }
     })
     .await

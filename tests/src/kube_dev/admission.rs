@@ -188,7 +188,7 @@ impl Admission {
                     return Err(denied(&name, resp.get("status")));
                 }
                 if let Some(p) = resp.get("patch").filter(|p| !p.is_null()) {
-                    let bytes = patch_bytes(p).map_err(|e| call_failed(e))?;
+                    let bytes = patch_bytes(p).map_err(&call_failed)?;
                     let ops: json_patch::Patch = serde_json::from_slice(&bytes)
                         .map_err(|e| call_failed(format!("decoding JSONPatch: {e}")))?;
                     json_patch::patch(&mut current, &ops).map_err(|e| {
@@ -342,6 +342,7 @@ fn review_request(pod: &Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

@@ -176,6 +176,19 @@ async fn dispatch(
                 .ok_or_else(ApiError::no_route);
         }
         ["openapi", rest @ ..] => return super::openapi::serve(rest, &query),
+        ["openid", "v1", "jwks"] => return Ok(json_response(StatusCode::OK, &st.tokens.jwks())),
+        [".well-known", "openid-configuration"] => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "issuer": super::tokens::API_AUDIENCE,
+                    "jwks_uri": format!("https://{}/openid/v1/jwks", st.server_address),
+                    "response_types_supported": ["id_token"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }),
+            ));
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(ApiError::no_route()),
@@ -222,9 +235,9 @@ async fn dispatch(
     if def.create_only {
         return match (&method, &r.name) {
             (&Method::POST, None) => st.tokens.review(&st.store, &r.body),
-            _ => Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource"
-            ))),
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         };
     }
     match (method, r.name.is_some(), r.sub.as_deref()) {
@@ -239,7 +252,7 @@ async fn dispatch(
                 list(st, &r)
             }
         }
-        (Method::GET, true, Some("log")) => super::logs::serve(st, &r.ns(), r.name(), &r.query),
+        (Method::GET, true, Some("log")) => super::logs::serve(st, r.ns(), r.name(), &r.query),
         (Method::GET, true, None | Some("status")) => get(st, &r),
         (Method::POST, false, None) => create(st, &r).await,
         (Method::POST, true, Some("token")) => st
@@ -467,7 +480,7 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         };
         let wrap = |obj: Value| -> Value {
             if table {
-                table::table(def, &[obj.clone()], rv_of(&obj), &query)
+                table::table(def, std::slice::from_ref(&obj), rv_of(&obj), &query)
             } else {
                 obj
             }
@@ -631,6 +644,16 @@ pub async fn create_object(
     }
     apply_kind_defaults(def, &mut obj);
     let mut warnings = Vec::new();
+    if def.storage == "pods" && !dry_run {
+        // The ServiceAccount admission plugin: the pod's service account must exist.
+        let sa = str_at(&obj, &["spec", "serviceAccountName"]).to_string();
+        if st.store.get("serviceaccounts", path_ns, &sa).is_none() {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{}\" is forbidden: error looking up service account {path_ns}/{sa}: serviceaccount \"{sa}\" not found",
+                name_of(&obj)
+            )));
+        }
+    }
     if def.storage == "pods" {
         let _ = query;
         let outcome = st.admission.admit_pod_create(&st.store, &obj).await?;
@@ -652,7 +675,7 @@ pub async fn create_object(
     let stored = st
         .store
         .create(def.storage, obj, dry_run)
-        .map_err(|()| ApiError::already_exists(def.target(), &name))?;
+        .map_err(|_| ApiError::already_exists(def.target(), &name))?;
     if def.storage == "namespaces" && !dry_run {
         super::seed_service_account(&st.store, &name);
     }

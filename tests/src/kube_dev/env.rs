@@ -283,6 +283,7 @@ pub fn rewrite_path(value: &str, mounts: &[HostMount]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
     use serde_json::json;

@@ -65,6 +65,7 @@ pub fn to_core(obj: &Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
     use serde_json::json;

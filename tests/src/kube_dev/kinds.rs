@@ -295,6 +295,7 @@ pub fn default_mutating_webhooks(cfg: &mut Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

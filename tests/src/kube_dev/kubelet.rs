@@ -554,7 +554,11 @@ impl PodTask {
                         .get("expirationSeconds")
                         .and_then(Value::as_i64)
                         .unwrap_or(3607);
-                    if let Ok(token) = self.k.tokens.issue_for_pod(&self.pod, audience, expiry) {
+                    if let Ok(token) =
+                        self.k
+                            .tokens
+                            .issue_for_pod(&self.k.store, &self.pod, audience, expiry)
+                    {
                         files.push((str_at(t, &["path"]).to_string(), token.into_bytes(), mode));
                     }
                 } else if let Some(c) = s.get("configMap") {

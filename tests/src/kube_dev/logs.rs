@@ -181,6 +181,7 @@ fn tail_lines(content: &[u8], n: usize) -> &[u8] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

@@ -108,6 +108,7 @@ pub fn serve(rest: &[&str], query: &HashMap<String, String>) -> Result<Response,
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

@@ -242,6 +242,7 @@ fn merge_list(target: &mut Vec<Value>, patch: &[Value], key: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
     use serde_json::json;

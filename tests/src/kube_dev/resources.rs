@@ -357,6 +357,7 @@ pub fn resource_list_doc(group: &str, version: &str) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

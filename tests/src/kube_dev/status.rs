@@ -242,6 +242,7 @@ pub fn success_status(t: Target<'_>, name: &str, uid: &str) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

@@ -100,6 +100,11 @@ pub struct Store {
     tx: broadcast::Sender<Arc<Change>>,
 }
 
+/// `create` found an object of that name already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an object of that name exists")]
+pub struct NameTaken;
+
 /// The outcome of an update closure.
 #[derive(Debug)]
 pub enum Update {
@@ -198,13 +203,13 @@ impl Store {
         metadata_mut(obj).insert("resourceVersion".into(), json!(rv.to_string()));
     }
 
-    /// Inserts a new object (its rv is assigned here). `Err(())` if the name is taken.
+    /// Inserts a new object (its rv is assigned here).
     pub fn create(
         &self,
         storage: &'static str,
         mut obj: Value,
         dry_run: bool,
-    ) -> Result<Value, ()> {
+    ) -> Result<Value, NameTaken> {
         let mut inner = self.lock();
         let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
         if inner
@@ -212,7 +217,7 @@ impl Store {
             .get(storage)
             .is_some_and(|m| m.contains_key(&key))
         {
-            return Err(());
+            return Err(NameTaken);
         }
         if dry_run {
             return Ok(obj);
@@ -390,6 +395,7 @@ fn current_rv_of(obj: &Value) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 

@@ -131,14 +131,18 @@ impl TokenIssuer {
     /// A token bound to `pod` for its service account (projected volumes).
     pub fn issue_for_pod(
         &self,
+        store: &Store,
         pod: &Value,
         audience: &str,
         expiry: i64,
     ) -> Result<String, ApiError> {
         let ns = str_at(pod, &["metadata", "namespace"]);
         let sa_name = str_at(pod, &["spec", "serviceAccountName"]);
-        // The ServiceAccount may not exist as an object in tests; sign for its name anyway.
-        let sa = json!({"metadata": {"name": sa_name, "uid": ""}});
+        // Admission guarantees the ServiceAccount existed at pod creation; if it is gone since,
+        // sign for its name without a UID (TokenReview then skips the ServiceAccount check).
+        let sa = store
+            .get("serviceaccounts", ns, sa_name)
+            .unwrap_or_else(|| json!({"metadata": {"name": sa_name, "uid": ""}}));
         let aud = if audience.is_empty() {
             API_AUDIENCE.to_string()
         } else {
@@ -421,6 +425,7 @@ impl TokenIssuer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
 
@@ -436,7 +441,9 @@ mod tests {
                 false,
             )
             .unwrap();
-        let t = issuer.issue_for_pod(&pod, "vault-approle", 600).unwrap();
+        let t = issuer
+            .issue_for_pod(&store, &pod, "vault-approle", 600)
+            .unwrap();
         let v = issuer
             .verify(&store, &t, &["vault-approle".into()])
             .unwrap();

@@ -1,0 +1,97 @@
+//! The controller as a Kubernetes client: several replicas against the same API, each seeing every
+//! pod, with every pod delivered once and nothing left alive in Vault.
+
+use std::time::Duration;
+
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+const DELIVERY: Duration = Duration::from_secs(60);
+
+fn annotation(p: &Pod, key: &str) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice() {
+    let _one = harness::exclusive().await;
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack");
+    stack.start_controller().await.expect("second controller");
+    let names: Vec<String> = (0..4).map(|i| format!("twin-{i}")).collect();
+    for n in &names {
+        let pod = stack
+            .pod(n, json!({"vault-approle.io/role": ROLE}))
+            .expect("pod");
+        stack.create(&pod).await.expect("create");
+    }
+    for n in &names {
+        let pod = stack
+            .wait_pod(n, "delivered", DELIVERY, |p| {
+                annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
+            })
+            .await
+            .expect("delivered");
+        // The recorded accessor belongs to the token the pod holds: one delivery, recorded once.
+        let token = stack.pod_token(&pod).expect("token");
+        let ip: std::net::IpAddr = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .expect("ip")
+            .parse()
+            .expect("ip");
+        let from_pod = reqwest::Client::builder()
+            .local_address(ip)
+            .tls_certs_only(Vec::new())
+            .build()
+            .expect("client");
+        let body: serde_json::Value = from_pod
+            .get(format!("{}/v1/auth/token/lookup-self", stack.vault_url))
+            .header("X-Vault-Token", &token)
+            .send()
+            .await
+            .expect("lookup")
+            .json()
+            .await
+            .expect("json");
+        if let Some(recorded) = annotation(&pod, "vault-approle.io/token-accessor") {
+            assert_eq!(
+                body["data"]["accessor"].as_str(),
+                Some(recorded.as_str()),
+                "{n}"
+            );
+        }
+    }
+    // Both replicas saw every pod (each logs its reconciles with the pod's name).
+    for c in &stack.controllers {
+        let out = c.output();
+        for n in &names {
+            assert!(
+                out.contains(&format!("pod.name={n}"))
+                    || out.contains(&format!("pod.name=\"{n}\"")),
+                "{} never saw {n}:\n{out}",
+                c.name
+            );
+        }
+    }
+    // Whatever the losing replica minted was destroyed.
+    harness::wait_for(
+        "no live secret_id left",
+        Duration::from_secs(30),
+        || async {
+            stack
+                .live_secret_ids(ROLE)
+                .await
+                .ok()
+                .filter(|l| l.is_empty())
+        },
+    )
+    .await
+    .expect("no leftovers");
+    stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
+}
