@@ -540,8 +540,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             let out = proc.output();
             async move {
                 out.lines()
-                    .filter(|l| l.contains("webhook listening"))
-                    .next_back()
+                    .rfind(|l| l.contains("webhook listening"))
                     .and_then(|l| ready_field(l, "addr"))
             }
         })
