@@ -234,6 +234,31 @@ where
     }
 }
 
+/// Value of a pod annotation.
+pub fn annotation(p: &Pod, key: &str) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+/// True once the controller recorded the pod's delivery.
+pub fn delivered(p: &Pod) -> bool {
+    annotation(p, approle_shared::annotations::STATUS).as_deref() == Some("delivered")
+}
+
+/// A token a pod received, proven to work.
+#[derive(Debug)]
+pub struct PodToken {
+    /// The pod's IP, where Vault accepts the token from.
+    pub ip: String,
+    /// The token.
+    pub token: String,
+    /// Its accessor, as Vault reports it.
+    pub accessor: String,
+}
+
 /// Options of a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -718,6 +743,43 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             .volume_dir(pod)
             .join(approle_shared::tokenfile::TOKEN_FILE);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Reads the token a pod received and proves it works from the pod's own address (Vault
+    /// binds it there) with `auth/token/lookup-self`.
+    pub async fn working_token(&self, pod: &Pod) -> anyhow::Result<PodToken> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .with_context(|| format!("pod {name} has no IP"))?;
+        let token = self.pod_token(pod)?;
+        let client = reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>()?)
+            .tls_certs_only(Vec::new())
+            .build()?;
+        let resp = client
+            .get(format!("{}/v1/auth/token/lookup-self", self.vault_url))
+            .header("X-Vault-Token", &token)
+            .send()
+            .await?;
+        if resp.status() != 200 {
+            bail!(
+                "pod {name}: its token does not work from {ip}: {}",
+                resp.status()
+            );
+        }
+        let body: Value = resp.json().await?;
+        let accessor = body["data"]["accessor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(PodToken {
+            ip,
+            token,
+            accessor,
+        })
     }
 
     /// Events (events.k8s.io/v1) about a pod, as (reason, note) pairs.

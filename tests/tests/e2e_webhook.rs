@@ -3,12 +3,13 @@
 //! `vault-approle.io/` annotation), the controller keeps the caBundle and its certificates, and
 //! plain annotated pods end up holding a working token.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use approle_testkit::harness::{self, CA_SECRET, CONTROLLER_NAMESPACE, ROLE, Stack, StackOptions};
+use approle_testkit::harness::{
+    self, CA_SECRET, CONTROLLER_NAMESPACE, ROLE, Stack, StackOptions, delivered,
+};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use rustls::pki_types::ServerName;
@@ -17,41 +18,13 @@ use serde_json::{Value, json};
 const DELIVERY: Duration = Duration::from_secs(60);
 const KUBECTL: &str = "/usr/bin/kubectl";
 
-fn delivered(p: &Pod) -> bool {
-    annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
-}
-
-fn annotation(p: &Pod, key: &str) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .cloned()
-}
-
 /// Proves the pod's token works from the pod's own address; returns the token.
 async fn working_token(stack: &Stack, pod: &Pod) -> String {
-    let ip: IpAddr = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .expect("pod IP")
-        .parse()
-        .expect("IP");
-    let token = stack.pod_token(pod).expect("token file");
-    let client = reqwest::Client::builder()
-        .local_address(ip)
-        .tls_certs_only(Vec::new())
-        .build()
-        .expect("client");
-    let resp = client
-        .get(format!("{}/v1/auth/token/lookup-self", stack.vault_url))
-        .header("X-Vault-Token", &token)
-        .send()
+    stack
+        .working_token(pod)
         .await
-        .expect("lookup-self");
-    assert_eq!(resp.status(), 200, "the pod's token must work from {ip}");
-    token
+        .expect("a working token")
+        .token
 }
 
 fn init_env(pod: &Pod, name: &str) -> Option<String> {
