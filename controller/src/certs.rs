@@ -412,8 +412,11 @@ impl Certs {
     /// Renews and re-checks forever; failures are logged and retried at the next check.
     pub async fn run(mut self) {
         loop {
-            let mut next = Instant::now() + self.check_interval;
-            if let Some(renew_at) = self.renew_at {
+            let now = Instant::now();
+            let mut next = now + self.check_interval;
+            // A renewal that is overdue (it failed) is retried at the check interval, not in a
+            // tight loop.
+            if let Some(renew_at) = self.renew_at.filter(|at| *at > now) {
                 next = next.min(renew_at);
             }
             // A schedule, not synchronisation: the next check of the CA and the certificates.
