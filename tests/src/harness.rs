@@ -163,9 +163,14 @@ impl Proc {
 
     /// Sends SIGTERM (through `kill`, as `unsafe` is not allowed here).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, …) through `kill`.
+    pub fn signal(&self, name: &str) {
         if let Some(pid) = self.pid() {
             let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([&format!("-{name}"), &pid.to_string()])
                 .status();
         }
     }
@@ -266,6 +271,8 @@ pub struct StackOptions {
     pub kube: bool,
     /// Start the controller too.
     pub controller: bool,
+    /// Extra kube-dev arguments.
+    pub kube_args: Vec<String>,
     /// Extra controller arguments.
     pub controller_args: Vec<String>,
     /// How long the init container waits for a push.
@@ -277,6 +284,7 @@ impl Default for StackOptions {
         Self {
             kube: true,
             controller: true,
+            kube_args: Vec::new(),
             controller_args: Vec::new(),
             init_timeout: "60s".into(),
         }
@@ -353,7 +361,8 @@ impl Stack {
             .arg("--root-dir")
             .arg(&kube_root)
             .arg("--init-binary")
-            .arg(bin_path("approle-init")?);
+            .arg(bin_path("approle-init")?)
+            .args(&options.kube_args);
         let vault_start = Proc::spawn(
             "vault-dev",
             vcmd,

@@ -95,3 +95,76 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
     .expect("no leftovers");
     stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_missing_a_pod() {
+    let _one = harness::exclusive().await;
+    let kube_args = [
+        "--watch-history",
+        "5",
+        "--max-watch-duration",
+        "1s",
+        "--bookmark-interval",
+        "1h",
+    ];
+    let stack = Stack::start(StackOptions {
+        kube_args: kube_args.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    let delivered =
+        |p: &Pod| annotation(p, "vault-approle.io/status").as_deref() == Some("delivered");
+    let early = stack
+        .pod("early-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&early).await.expect("create");
+    stack
+        .wait_pod("early-0", "delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+
+    // Freeze the controller; kube-dev ends its pod watch within a second (--max-watch-duration).
+    let kube = stack.kube.as_ref().expect("kube-dev");
+    let closed = |out: &str| {
+        out.lines()
+            .filter(|l| l.contains("watch closed by the server") && l.contains("pods"))
+            .count()
+    };
+    let before = closed(&kube.output());
+    let controller = stack.controllers.first().expect("controller");
+    controller.signal("STOP");
+    // If the watch had already closed before the freeze, no further closure comes: the timeout
+    // is then expected and the state is the same (no open watch).
+    let _ = harness::wait_for(
+        "the frozen controller's watch to be closed",
+        Duration::from_secs(5),
+        || async { (closed(&kube.output()) > before).then_some(()) },
+    )
+    .await;
+
+    // More changes than the history window holds, then the pod the controller must not miss.
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(stack.kube_client(), "default");
+    for i in 0..12 {
+        let cm = serde_json::from_value(json!({"metadata": {"name": format!("churn-{i}")}}))
+            .expect("cm");
+        cms.create(&Default::default(), &cm).await.expect("churn");
+    }
+    let late = stack
+        .pod("late-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&late).await.expect("create");
+    controller.signal("CONT");
+
+    stack
+        .wait_pod("late-0", "delivered after the re-list", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let out = kube.output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("410 Expired") && l.contains("pods")),
+        "the controller's resumed watch must have been answered 410:\n{out}"
+    );
+}

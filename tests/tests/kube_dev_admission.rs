@@ -168,7 +168,12 @@ fn init_names(p: &Pod) -> Vec<String> {
 async fn service_webhook_patches_only_selected_pods() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let wh = start_webhook().await;
-    let (_kd, client) = start(&wh).await;
+    // The webhook's address may only be known after kube-dev started: map it at runtime.
+    let kd = KubeDev::start(Config::default())
+        .await
+        .expect("kube-dev starts");
+    kd.set_service_address("approle-system/inject", wh.addr);
+    let client = kd.client().await.expect("client");
     configure(
         &client,
         json!([hook(

@@ -491,3 +491,223 @@ async fn namespaces_gate_creation_and_graceful_delete_removes_the_pod() {
         .expect("deleted in time")
         .expect("watch");
 }
+
+#[tokio::test]
+async fn status_subresource_changes_only_status() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut parked = pod("st-0", json!({"a": "1"}));
+    parked.spec.as_mut().expect("spec").node_name = Some("elsewhere".into());
+    pods.create(&PostParams::default(), &parked)
+        .await
+        .expect("create");
+    let patched = pods
+        .patch_status(
+            "st-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"labels": {"a": "2"}},
+                "status": {"phase": "Running", "podIP": "127.9.9.9"}
+            })),
+        )
+        .await
+        .expect("patch status");
+    assert_eq!(phase_of(&patched), Some("Running"));
+    assert_eq!(
+        patched.labels().get("a").map(String::as_str),
+        Some("1"),
+        "metadata is not changed through status"
+    );
+    let got = pods.get_status("st-0").await.expect("get status");
+    assert_eq!(
+        got.status.and_then(|s| s.pod_ip).as_deref(),
+        Some("127.9.9.9")
+    );
+    // The main resource ignores status changes.
+    let main = pods
+        .patch(
+            "st-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .expect("patch main");
+    assert_eq!(phase_of(&main), Some("Running"));
+    let by_ip = pods
+        .list(&ListParams::default().fields("status.podIP=127.9.9.9,status.phase=Running"))
+        .await
+        .expect("list");
+    assert_eq!(by_ip.items.len(), 1);
+}
+
+fn phase_of(p: &Pod) -> Option<&str> {
+    p.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+#[tokio::test]
+async fn events_are_validated_and_server_side_apply_creates() {
+    let (_kd, client) = start().await;
+    let events: Api<Event> = Api::default_namespaced(client.clone());
+    let bad: Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "reason": "R", "action": "A", "type": "Normal",
+        "reportingController": "c", "reportingInstance": "i"
+    }))
+    .expect("event");
+    let e = api_error(
+        events
+            .create(&PostParams::default(), &bad)
+            .await
+            .expect_err("eventTime missing"),
+    );
+    assert_eq!(e.code, 422);
+    assert_eq!(
+        e.message,
+        "Event \"e1\" is invalid: eventTime: Required value"
+    );
+
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(client.clone());
+    let applied = cms
+        .patch(
+            "settings",
+            &PatchParams::apply("approle-controller"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "settings"}, "data": {"a": "1"}})),
+        )
+        .await
+        .expect("apply creates");
+    assert_eq!(
+        applied.data.and_then(|d| d.get("a").cloned()).as_deref(),
+        Some("1")
+    );
+    let removed = cms
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete collection");
+    assert!(removed.left().is_some_and(|l| l.items.len() == 1));
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_removes_its_pods_then_itself() {
+    let (_kd, client) = start().await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team-b"}})).expect("ns");
+    nss.create(&PostParams::default(), &ns)
+        .await
+        .expect("create ns");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-b");
+    let p = pods
+        .create(&PostParams::default(), &pod("p", json!({})))
+        .await
+        .expect("create pod");
+    let terminating = nss
+        .delete("team-b", &DeleteParams::default())
+        .await
+        .expect("delete ns")
+        .left()
+        .expect("namespace object");
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    let e = api_error(
+        pods.create(&PostParams::default(), &pod("late", json!({})))
+            .await
+            .expect_err("terminating namespace"),
+    );
+    assert_eq!(e.code, 403);
+    let pod_uid = p.uid().expect("uid");
+    let pod_gone = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "p",
+        kube::runtime::wait::conditions::is_deleted(&pod_uid),
+    );
+    tokio::time::timeout(DEADLINE, pod_gone)
+        .await
+        .expect("pod deleted")
+        .expect("watch");
+    let ns_uid = terminating.metadata.uid.expect("uid");
+    let ns_gone = kube::runtime::wait::await_condition(
+        nss.clone(),
+        "team-b",
+        kube::runtime::wait::conditions::is_deleted(&ns_uid),
+    );
+    tokio::time::timeout(DEADLINE, ns_gone)
+        .await
+        .expect("namespace deleted")
+        .expect("watch");
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_on_fields_owned_by_another_manager() {
+    let (_kd, client) = start().await;
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let empty: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "leader"}, "spec": {}})).expect("lease");
+    leases
+        .create(&PostParams::default(), &empty)
+        .await
+        .expect("create");
+    let claim = |holder: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "leader"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    };
+    let a = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("candidate-a"),
+            &Patch::Apply(claim("a")),
+        )
+        .await
+        .expect("a claims the free lease");
+    assert_eq!(a.spec.and_then(|s| s.holder_identity).as_deref(), Some("a"));
+    let lost = api_error(
+        leases
+            .patch(
+                "leader",
+                &PatchParams::apply("candidate-b"),
+                &Patch::Apply(claim("b")),
+            )
+            .await
+            .expect_err("b conflicts with a"),
+    );
+    assert_eq!(lost.code, 409);
+    assert_eq!(lost.reason, "Conflict");
+    assert_eq!(
+        lost.message,
+        "Apply failed with 1 conflict: conflict with \"candidate-a\": .spec.holderIdentity"
+    );
+    // A renews with a strategic patch (an Update); forcing takes the lease over.
+    leases
+        .patch(
+            "leader",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"leaseDurationSeconds": 20}})),
+        )
+        .await
+        .expect("renew");
+    let b = leases
+        .patch(
+            "leader",
+            &PatchParams::apply("candidate-b").force(),
+            &Patch::Apply(claim("b")),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(
+        b.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+        Some("b")
+    );
+    let managers: Vec<String> = b
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&"candidate-b".to_string()),
+        "{managers:?}"
+    );
+}

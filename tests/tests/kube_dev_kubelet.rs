@@ -435,9 +435,37 @@ async fn pod_ips_are_unique_and_deletion_kills_the_process_and_removes_dirs() {
     .to_string();
     assert!(process_alive(&pid), "stand-in {pid} is running");
 
+    // `logs -f`: the output so far, then the stream stays open while the container runs.
+    let follow = pods
+        .log_stream(
+            "sleeper-0",
+            &kube::api::LogParams {
+                follow: true,
+                container: Some("approle-init".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("log stream");
+    let mut follow = futures::AsyncBufReadExt::lines(follow);
+    let first = tokio::time::timeout(DEADLINE, follow.next())
+        .await
+        .expect("a log line in time")
+        .expect("line")
+        .expect("utf-8");
+    assert_eq!(first, "stand-in run 1");
+
     pods.delete("sleeper-0", &DeleteParams::default())
         .await
         .expect("delete");
+    // The stream ends once the container has stopped.
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = follow.next().await {
+            line.expect("line");
+        }
+    })
+    .await
+    .expect("log stream ends after the pod stops");
     let gone = await_condition(pods.clone(), "sleeper-0", conditions::is_deleted(&uid));
     tokio::time::timeout(DEADLINE, gone)
         .await
@@ -488,4 +516,53 @@ async fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn native_sidecar_init_container_keeps_running_next_to_the_app() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
+    let mut pod = injected_pod("side-0", "sleep", "Always");
+    {
+        let spec = pod.spec.as_mut().expect("spec");
+        let inits = spec.init_containers.as_mut().expect("init containers");
+        inits[1].restart_policy = Some("Always".into());
+    }
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let p = wait_phase(&pods, "side-0", "Running").await;
+    assert_eq!(
+        state_label(&p, "approle-init").as_deref(),
+        Some("running#0"),
+        "the sidecar is still running while the pod runs"
+    );
+    let sidecar = &p
+        .status
+        .as_ref()
+        .expect("status")
+        .init_container_statuses
+        .as_ref()
+        .expect("init statuses")[1];
+    assert!(sidecar.ready && sidecar.started == Some(true));
+    let uid = p.uid().expect("uid");
+    let pid_file = env.kd.pod_volume_dir(&uid, "vault-approle").join("pid");
+    let pid = poll(|| {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    })
+    .await
+    .trim()
+    .to_string();
+    assert!(process_alive(&pid));
+    pods.delete("side-0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = await_condition(pods.clone(), "side-0", conditions::is_deleted(&uid));
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("deleted in time")
+        .expect("watch");
+    assert!(!process_alive(&pid), "sidecar {pid} was stopped");
 }

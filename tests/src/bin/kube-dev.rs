@@ -19,7 +19,7 @@ struct Args {
     /// Address to listen on (loopback only; port 0 picks a free port).
     #[arg(long, env = "KUBE_DEV_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Where to write the kubeconfig (default: <root-dir>/kubeconfig).
+    /// Where to write the kubeconfig (default: `<root-dir>/kubeconfig`).
     #[arg(long, env = "KUBE_DEV_KUBECONFIG_OUT")]
     kubeconfig_out: Option<PathBuf>,
     /// Kubelet root: pod volumes, logs and app records (default: a temporary dir).
@@ -37,6 +37,9 @@ struct Args {
     /// BOOKMARK interval for watches that allow bookmarks.
     #[arg(long, env = "KUBE_DEV_BOOKMARK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     bookmark_interval: Duration,
+    /// End every watch after this long, whatever timeoutSeconds the client asked for.
+    #[arg(long, env = "KUBE_DEV_MAX_WATCH_DURATION", value_parser = humantime::parse_duration)]
+    max_watch_duration: Option<Duration>,
     /// First restart delay of a failed init container (doubles per restart).
     #[arg(long, env = "KUBE_DEV_BACKOFF_BASE", default_value = "100ms", value_parser = humantime::parse_duration)]
     backoff_base: Duration,
@@ -92,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         init_env: parse_pairs(&args.init_env, '=')?,
         watch_history: args.watch_history,
         bookmark_interval: args.bookmark_interval,
+        max_watch_duration: args.max_watch_duration,
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         service_addresses: services,

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,8 +31,9 @@ use super::util::{namespace_of, new_uid, str_at};
 /// Admission settings.
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
-    /// `namespace/name` of a webhook Service → the loopback address that serves it.
-    pub services: HashMap<String, SocketAddr>,
+    /// `namespace/name` of a webhook Service → the loopback address that serves it. Shared so
+    /// that a webhook started after kube-dev (it needs the kubeconfig first) can be added.
+    pub services: Arc<RwLock<HashMap<String, SocketAddr>>>,
 }
 
 /// The result of admission.
@@ -227,13 +229,19 @@ impl Admission {
         } else if let Some(svc) = cc.get("service") {
             let (ns, name) = (str_at(svc, &["namespace"]), str_at(svc, &["name"]));
             let key = format!("{ns}/{name}");
-            let addr = self.services.get(&key).ok_or_else(|| {
+            let addr = self
+                .services
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .copied();
+            let addr = addr.ok_or_else(|| {
                 CallError::Transport(format!(
                     "service \"{key}\" has no address in kube-dev (configure service_addresses / --service-address)"
                 ))
             })?;
             let host = format!("{name}.{ns}.svc");
-            builder = builder.resolve(&host, *addr);
+            builder = builder.resolve(&host, addr);
             let path = str_at(svc, &["path"]);
             format!("https://{host}:{}{path}", addr.port())
         } else {

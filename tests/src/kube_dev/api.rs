@@ -29,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::admission::Admission;
 use super::events;
 use super::kinds;
+use super::managed;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub server_address: String,
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Longest a watch is served before the server ends it, whatever `timeoutSeconds` asked.
+    pub max_watch_duration: Option<Duration>,
     /// Root dir (pod logs live under `pods/<uid>/logs`).
     pub root_dir: PathBuf,
     /// Service-account token issuer (TokenRequest, TokenReview, authentication).
@@ -89,6 +92,20 @@ impl Req {
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
+    /// The field manager of a write: `fieldManager`, else the user agent's product name.
+    fn manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.clone();
+        }
+        self.headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("unknown")
+            .to_string()
+    }
+
     fn wants_table(&self) -> bool {
         self.headers
             .get(header::ACCEPT)
@@ -160,7 +177,7 @@ async fn dispatch(
         [] => {
             return Ok(json_response(
                 StatusCode::OK,
-                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v2", "/openapi/v3"]}),
+                &json!({"paths": ["/api", "/api/v1", "/apis", "/version", "/healthz", "/openapi/v3"]}),
             ));
         }
         ["api"] => {
@@ -454,7 +471,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         .query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
+        .map_or(Duration::from_secs(1800), Duration::from_secs)
+        .min(st.max_watch_duration.unwrap_or(Duration::MAX));
     let from = if send_initial || rv.is_empty() || rv == "0" {
         None
     } else {
@@ -472,6 +490,12 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         let start = match start {
             Ok(s) => s,
             Err(too_old) => {
+                tracing::info!(
+                    resource = def.resource,
+                    requested = too_old.requested,
+                    oldest = too_old.oldest,
+                    "watch from a resourceVersion older than the history window: 410 Expired"
+                );
                 let _ = tx
                     .send(too_old_event(too_old.requested, too_old.oldest))
                     .await;
@@ -517,7 +541,10 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         ticker.tick().await;
         loop {
             tokio::select! {
-                _ = &mut deadline => return,
+                _ = &mut deadline => {
+                    tracing::info!(resource = def.resource, "watch closed by the server: timeout");
+                    return;
+                }
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
@@ -586,7 +613,7 @@ fn translate(filter: &Filter, c: &Change) -> Option<(&'static str, Value)> {
 async fn create(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     let def = r.def;
     let obj = parse_object(def, &r.body)?;
-    let created = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+    let created = create_object(st, def, r.ns(), obj, r.dry_run(), false).await?;
     let mut resp = json_response(StatusCode::CREATED, &present(def, &created.0));
     for w in created.1 {
         if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "'"))) {
@@ -603,7 +630,7 @@ pub async fn create_object(
     path_ns: &str,
     obj: Value,
     dry_run: bool,
-    query: &Q,
+    from_apply: bool,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let mut obj = ingest(def, obj);
     if def.namespaced {
@@ -637,9 +664,12 @@ pub async fn create_object(
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "selfLink",
-            "managedFields",
         ] {
             meta.remove(k);
+        }
+        // Clients cannot set managed fields; only server-side apply (below) records them.
+        if !from_apply {
+            meta.remove("managedFields");
         }
     }
     apply_kind_defaults(def, &mut obj);
@@ -655,7 +685,6 @@ pub async fn create_object(
         }
     }
     if def.storage == "pods" {
-        let _ = query;
         let outcome = st.admission.admit_pod_create(&st.store, &obj).await?;
         warnings = outcome.warnings;
         if let Some(patched) = outcome.patched {
@@ -667,6 +696,9 @@ pub async fn create_object(
     let mut causes = kinds::validate_name(def.kind, name_of(&obj));
     if def.storage == "pods" {
         causes.extend(kinds::validate_pod(&obj));
+    }
+    if def.group == "events.k8s.io" {
+        causes.extend(kinds::validate_event(&obj));
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(def.target(), name_of(&obj), causes));
@@ -704,6 +736,7 @@ fn apply_update(
     sub: Option<&str>,
     cur: &Value,
     mut new: Value,
+    write: Write<'_>,
 ) -> Result<Update, ApiError> {
     let name = name_of(cur).to_string();
     let want_rv = rv_of(&new);
@@ -731,6 +764,9 @@ fn apply_update(
                 }
             }
         }
+        if let Write::Update(manager) = write {
+            managed::record_update(cur, &mut out, manager, &def.api_version());
+        }
         return Ok(Update::Put(out));
     }
     {
@@ -754,7 +790,9 @@ fn apply_update(
                 }
             }
         }
-        meta.remove("managedFields");
+        if matches!(write, Write::Update(_)) {
+            meta.remove("managedFields");
+        }
     }
     if has_status_subresource(def) {
         match cur.get("status") {
@@ -793,7 +831,49 @@ fn apply_update(
             return Ok(Update::Delete(new));
         }
     }
+    if let Write::Update(manager) = write {
+        managed::record_update(cur, &mut new, manager, &def.api_version());
+    }
     Ok(Update::Put(new))
+}
+
+/// How a write records field ownership.
+#[derive(Debug, Clone, Copy)]
+enum Write<'a> {
+    /// PUT or a non-apply PATCH by this manager.
+    Update(&'a str),
+    /// Server-side apply: ownership was computed by `managed::apply`.
+    Apply,
+}
+
+fn apply_conflict(def: &ResourceDef, name: &str, conflicts: &[managed::Conflict]) -> ApiError {
+    let message = match conflicts {
+        [one] => format!(
+            "Apply failed with 1 conflict: conflict with \"{}\": {}",
+            one.manager, one.field
+        ),
+        many => format!(
+            "Apply failed with {} conflicts: {}",
+            many.len(),
+            many.iter()
+                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut e = ApiError::conflict(def.target(), name);
+    e.message = message;
+    if let Some(d) = e.details.as_mut() {
+        d["causes"] = json!(
+            conflicts
+                .iter()
+                .map(|c| json!({"reason": "FieldManagerConflict",
+                            "message": format!("conflict with \"{}\"", c.manager),
+                            "field": c.field}))
+                .collect::<Vec<_>>()
+        );
+    }
+    e
 }
 
 fn update(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
@@ -817,10 +897,11 @@ fn update(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         }
     }
     let sub = r.sub.as_deref();
+    let manager = r.manager();
     let res = st
         .store
         .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
-            apply_update(def, sub, cur, body)
+            apply_update(def, sub, cur, body, Write::Update(&manager))
         })?;
     match res {
         Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
@@ -837,19 +918,63 @@ async fn patch_handler(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         .unwrap_or("");
     let kind = PatchKind::from_content_type(ct)?;
     let sub = r.sub.as_deref();
+    let manager = r.manager();
+    if kind == PatchKind::Apply {
+        return server_side_apply(st, r).await;
+    }
     let res = st
         .store
         .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
             let mut doc = present(def, cur);
             patch::apply(kind, &mut doc, &r.body)?;
-            apply_update(def, sub, cur, ingest(def, doc))
+            apply_update(def, sub, cur, ingest(def, doc), Write::Update(&manager))
         })?;
     match res {
         Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
-        None if kind == PatchKind::Apply && sub.is_none() => {
-            let mut obj = parse_object(def, &r.body)?;
-            metadata_mut(&mut obj).insert("name".into(), json!(r.name()));
-            let (created, _) = create_object(st, def, r.ns(), obj, r.dry_run(), &r.query).await?;
+        None => Err(ApiError::not_found(def.target(), r.name())),
+    }
+}
+
+/// `application/apply-patch+yaml` (JSON bodies): field ownership and conflicts per `managed`.
+async fn server_side_apply(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
+    let def = r.def;
+    let Some(manager) = r.query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(ApiError::invalid(
+            super::status::Target {
+                group: "meta.k8s.io",
+                resource: "patchoptions",
+                kind: "PatchOptions.meta.k8s.io",
+            },
+            "",
+            vec![super::status::Cause {
+                reason: "FieldValueRequired",
+                field: "fieldManager".into(),
+                message: "Required value: is required for apply patch".into(),
+            }],
+        ));
+    };
+    let force = r.query.get("force").is_some_and(|f| f == "true");
+    let mut config = parse_object(def, &r.body)?;
+    metadata_mut(&mut config).insert("name".into(), json!(r.name()));
+    if def.namespaced {
+        metadata_mut(&mut config).insert("namespace".into(), json!(r.ns()));
+    }
+    let api_version = def.api_version();
+    let sub = r.sub.as_deref();
+    let res = st
+        .store
+        .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
+            let presented = present(def, cur);
+            let new = managed::apply(Some(&presented), &config, manager, force, &api_version)
+                .map_err(|c| apply_conflict(def, r.name(), &c))?;
+            apply_update(def, sub, cur, ingest(def, new), Write::Apply)
+        })?;
+    match res {
+        Some((obj, _)) => Ok(json_response(StatusCode::OK, &present(def, &obj))),
+        None if sub.is_none() => {
+            let obj = managed::apply(None, &config, manager, force, &api_version)
+                .map_err(|c| apply_conflict(def, r.name(), &c))?;
+            let (created, _) = create_object(st, def, r.ns(), obj, r.dry_run(), true).await?;
             Ok(json_response(StatusCode::CREATED, &present(def, &created)))
         }
         None => Err(ApiError::not_found(def.target(), r.name())),
@@ -937,7 +1062,9 @@ fn delete_one(
             .is_some_and(|f| !f.is_empty());
         let grace = match def.storage {
             "pods" => {
-                let scheduled = !str_at(cur, &["spec", "nodeName"]).is_empty();
+                // Only pods on kube-dev's node have a kubelet to stop them; pods bound to a node
+                // that does not exist go at once (what the pod GC does on a real cluster).
+                let scheduled = str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME;
                 let terminal = matches!(
                     str_at(cur, &["status", "phase"]),
                     "Succeeded" | "Failed"
@@ -1031,7 +1158,7 @@ fn finalize_namespace(st: &ApiState, ns: String) {
         for o in items {
             let _ = store.update(def.storage, &ns, name_of(&o), false, |cur| {
                 let graceful = def.storage == "pods"
-                    && !str_at(cur, &["spec", "nodeName"]).is_empty()
+                    && str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME
                     && !matches!(str_at(cur, &["status", "phase"]), "Succeeded" | "Failed");
                 if !graceful {
                     return Ok::<_, ApiError>(Update::Delete(cur.clone()));

@@ -236,6 +236,47 @@ pub fn check_pod_spec_update(old: &Value, new: &Value) -> Result<(), ApiError> {
     ))
 }
 
+/// events.k8s.io/v1 Event validation on create (what the Recorder must satisfy).
+pub fn validate_event(ev: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for (field, max) in [
+        ("eventTime", None),
+        ("reportingController", None),
+        ("reportingInstance", Some(128)),
+        ("action", Some(128)),
+        ("reason", Some(128)),
+    ] {
+        let v = str_at(ev, &[field]);
+        if v.is_empty() {
+            causes.push(cause("FieldValueRequired", field, "Required value"));
+        } else if let Some(max) = max
+            && v.len() > max
+        {
+            causes.push(cause(
+                "FieldValueTooLong",
+                field,
+                format!("Too long: may not be more than {max} bytes"),
+            ));
+        }
+    }
+    let ty = str_at(ev, &["type"]);
+    if ty != "Normal" && ty != "Warning" {
+        causes.push(cause(
+            "FieldValueNotSupported",
+            "type",
+            format!("Unsupported value: \"{ty}\": supported values: \"Normal\", \"Warning\""),
+        ));
+    }
+    if str_at(ev, &["note"]).len() > 1024 {
+        causes.push(cause(
+            "FieldValueTooLong",
+            "note",
+            "Too long: may not be more than 1024 bytes",
+        ));
+    }
+    causes
+}
+
 /// Namespace create defaults: the name label, finalizer and Active phase.
 pub fn default_namespace(ns: &mut Value) {
     let name = name_of(ns).to_string();

@@ -20,10 +20,43 @@
 //! [`Running::pod_volume_dir`], [`Running::container_log`], [`Running::app_record`] and
 //! [`Running::log_files`].
 //!
+//! ```text
+//! let kd = KubeDev::start(Config {
+//!     init_binary: Some(approle_init_path),            // runs for images ending in approle-init
+//!     backoff_base: Duration::from_millis(50),         // init container restart backoff
+//!     ..Config::default()
+//! }).await?;
+//! kd.set_service_address("approle-system/approle-controller", webhook_addr);
+//! let client = kd.client().await?;                     // or KUBECONFIG=kd.kubeconfig_path
+//! // ... create pods, watch them ...
+//! let token = std::fs::read(kd.pod_volume_dir(&uid, "vault-approle").join("token"))?;
+//! for log in kd.log_files() { /* scan for leaked secrets */ }
+//! kd.shutdown(Duration::from_secs(2)).await;
+//! ```
+//!
 //! Layout under `root_dir` (like the kubelet's `/var/lib/kubelet`):
 //! `pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`, `pods/<uid>/volumes/kubernetes.io~projected/<name>`,
 //! `pods/<uid>/logs/<container>.log`, `pods/<uid>/app/<container>.json`, and
 //! `archive/<ns>_<name>_<uid>/{logs,app}` for pods that were deleted.
+//!
+//! ## Where kube-dev differs from a real cluster (on purpose, or not yet modelled)
+//!
+//! * One node, no scheduler: every pod is bound to `kube-dev-node` at once; no resources,
+//!   probes, images or networking. App containers are simulated (they record what they see);
+//!   only init containers whose image repository ends in `approle-init` run, as the configured
+//!   binary (their `command` is ignored), sharing this host's network and filesystem (pod IPs
+//!   are 127.x.y.z; paths under volume mounts are rewritten to the host dirs).
+//! * Authentication: the admin bearer token (all powerful) and the service-account tokens it
+//!   signs; no RBAC, no client certificates.
+//! * Lists are one page (`limit`/`continue` ignored); `resourceVersion`/`resourceVersionMatch`
+//!   on GET and LIST serve the latest state; a watch from a future version starts now.
+//! * `fieldValidation` is accepted but unknown fields are kept, not rejected; bodies are JSON
+//!   only (no YAML, protobuf or CBOR); server-side apply treats lists as atomic.
+//! * No garbage collector (ownerReferences are stored, not acted on), no `pods/binding`,
+//!   `pods/exec`, `pods/eviction` or `pods/portforward`; no Services, Endpoints or Nodes.
+//! * Webhooks: mutating only, pod CREATE only, no reinvocation; `service` references resolve
+//!   through [`Config::service_addresses`] / [`Running::set_service_address`].
+//! * Projected service-account tokens are written once at pod start (not refreshed).
 
 pub mod admission;
 pub mod api;
@@ -32,6 +65,7 @@ pub mod events;
 pub mod kinds;
 pub mod kubelet;
 pub mod logs;
+pub mod managed;
 pub mod openapi;
 pub mod patch;
 pub mod resources;
@@ -79,6 +113,9 @@ pub struct Config {
     pub watch_history: usize,
     /// BOOKMARK interval for watches that allow them.
     pub bookmark_interval: Duration,
+    /// Server-side cap on every watch's lifetime (the real server ends watches after its
+    /// request timeout too); `None` = only the client's `timeoutSeconds`.
+    pub max_watch_duration: Option<Duration>,
     /// First restart delay of a failed init container (doubles per restart).
     pub backoff_base: Duration,
     /// Restart delay cap.
@@ -97,6 +134,7 @@ impl Default for Config {
             init_env: Vec::new(),
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            max_watch_duration: None,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             service_addresses: HashMap::new(),
@@ -150,6 +188,7 @@ pub struct Running {
     /// Root of pod dirs and logs.
     pub root_dir: PathBuf,
     admin_token: String,
+    admission: admission::Admission,
     store: Arc<Store>,
     kubelet: Kubelet,
     tokens: Arc<TokenIssuer>,
@@ -239,16 +278,18 @@ impl KubeDev {
             store.clone(),
             tokens.clone(),
         );
+        let admission = admission::Admission {
+            services: Arc::new(std::sync::RwLock::new(cfg.service_addresses.clone())),
+        };
         let state = Arc::new(api::ApiState {
             store: store.clone(),
             admin_token: admin_token.clone(),
             server_address: addr.to_string(),
             bookmark_interval: cfg.bookmark_interval,
+            max_watch_duration: cfg.max_watch_duration,
             root_dir: root_dir.clone(),
             tokens: tokens.clone(),
-            admission: admission::Admission {
-                services: cfg.service_addresses.clone(),
-            },
+            admission: admission.clone(),
         });
         let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
         let server = axum_server::from_tcp_rustls(
@@ -266,6 +307,7 @@ impl KubeDev {
             ca_pem: pki.ca_pem,
             root_dir,
             admin_token,
+            admission,
             store,
             kubelet,
             tokens,
@@ -332,6 +374,16 @@ impl Running {
         }
         out.sort();
         out
+    }
+
+    /// Maps a webhook `service` reference (`namespace/name`) to a loopback address, e.g. once
+    /// the controller serving it has bound its port. Replaces an earlier mapping.
+    pub fn set_service_address(&self, service: &str, addr: SocketAddr) {
+        self.admission
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_string(), addr);
     }
 
     /// The object store (for assertions that bypass HTTP).
