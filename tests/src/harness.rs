@@ -604,9 +604,9 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
     }
 
     /// Creates [`WEBHOOK_CONFIG`] calling `url`, or points the existing one at it. The caBundle is
-    /// left to the controller. Only pods with a `vault-approle.io/` annotation are sent
-    /// (matchConditions), and never those of the controller's namespace or kube-system, so with
-    /// the webhook down (failurePolicy Fail) only opted-in pods are refused.
+    /// left to the controller. Only pods with a `vault-approle.io/` annotation and not injected
+    /// yet are sent (matchConditions), and never those of the controller's namespace or
+    /// kube-system, so with the webhook down (failurePolicy Fail) only opted-in pods are refused.
     pub async fn register_webhook(&self, url: &str) -> anyhow::Result<()> {
         let api: Api<MutatingWebhookConfiguration> = Api::all(self.kube_client());
         let hook = json!({
@@ -616,8 +616,13 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                        "resources": ["pods"], "scope": "Namespaced"}],
             "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
                 "operator": "NotIn", "values": [CONTROLLER_NAMESPACE, "kube-system"]}]},
-            "matchConditions": [{"name": "opted-in", "expression":
-                "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault-approle.io/'))"}],
+            "matchConditions": [
+                {"name": "opted-in", "expression":
+                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault-approle.io/'))"},
+                // The webhook leaves injected pods as they are: no need to call it for them.
+                {"name": "not-injected", "expression":
+                    "!has(object.spec.initContainers) || !object.spec.initContainers.exists(c, c.name == 'vault-approle-init')"},
+            ],
             "failurePolicy": "Fail",
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],

@@ -211,6 +211,14 @@ async fn with_the_webhook_down_annotated_pods_are_refused_and_other_pods_are_cre
         .pod("other-0", json!({"example.com/role": "web"}))
         .expect("pod");
     stack.create(&other).await.expect("other annotations pass");
+    let injected = stack
+        .injected_pod("injected-0", json!({"vault-approle.io/role": ROLE}))
+        .await
+        .expect("pod");
+    stack
+        .create(&injected)
+        .await
+        .expect("an injected pod is not sent to the webhook");
     // The controller's own namespace is excluded, so it can always start.
     let own: Api<Pod> = Api::namespaced(stack.kube_client(), CONTROLLER_NAMESPACE);
     let mut controller_pod = stack
