@@ -1,8 +1,15 @@
 //! Command line and environment: every flag has an `APPROLE_CONTROLLER_*` variable.
+//!
+//! Three groups: delivery (Vault, push), the admission webhook and what it injects (`--init-*`,
+//! `--vault-addr-for-pods`), and TLS. TLS is either self-managed (an injector CA in a Secret, the
+//! default) or read from files (`--injector-ca` with `--client-cert`/`--client-key` and
+//! `--webhook-cert`/`--webhook-key`, e.g. from cert-manager); [`Args::tls_mode`] checks the set.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use approle_shared::inject::{self, InjectConfig};
 use approle_shared::telemetry::LogFormat;
 use clap::Parser;
 
@@ -30,13 +37,115 @@ pub struct Args {
     #[arg(long, env = "APPROLE_CONTROLLER_APPROLE_MOUNT", default_value = approle_shared::DEFAULT_APPROLE_MOUNT)]
     pub approle_mount: String,
 
-    /// Client certificate (PEM) presented on pushes; issued by the injector CA that init containers trust.
+    /// Client certificate (PEM) presented on pushes, issued by the CA given with --injector-ca.
+    /// Without it the controller issues its own from the self-managed injector CA.
     #[arg(long, env = "APPROLE_CONTROLLER_CLIENT_CERT")]
-    pub client_cert: PathBuf,
+    pub client_cert: Option<PathBuf>,
 
     /// Key of the client certificate (PEM).
     #[arg(long, env = "APPROLE_CONTROLLER_CLIENT_KEY")]
-    pub client_key: PathBuf,
+    pub client_key: Option<PathBuf>,
+
+    /// Injector CA certificate (PEM) from a file, e.g. a cert-manager mount: init containers
+    /// trust it for pushes. When given, no CA Secret is managed and --client-cert, --client-key,
+    /// --webhook-cert and --webhook-key are required; files are re-read every --cert-check-interval.
+    #[arg(long, env = "APPROLE_CONTROLLER_INJECTOR_CA")]
+    pub injector_ca: Option<PathBuf>,
+
+    /// Webhook serving certificate (PEM) from a file (with --injector-ca).
+    #[arg(long, env = "APPROLE_CONTROLLER_WEBHOOK_CERT")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// Key of the webhook serving certificate (PEM).
+    #[arg(long, env = "APPROLE_CONTROLLER_WEBHOOK_KEY")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// Secret (in the controller's namespace) holding the self-managed injector CA. Created by the
+    /// first replica; every replica and restart uses the same CA.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_CA_SECRET_NAME",
+        default_value = "approle-injector-ca"
+    )]
+    pub ca_secret_name: String,
+
+    /// Lifetime of a self-managed injector CA.
+    #[arg(long, env = "APPROLE_CONTROLLER_CA_VALIDITY", default_value = "10y", value_parser = humantime::parse_duration)]
+    pub ca_validity: Duration,
+
+    /// Lifetime of the webhook serving and push client certificates it issues; each is renewed
+    /// after two thirds of it, without a restart.
+    #[arg(long, env = "APPROLE_CONTROLLER_CERT_VALIDITY", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub cert_validity: Duration,
+
+    /// How often the CA Secret (or the certificate files) and the webhook configuration's
+    /// caBundle are checked for changes.
+    #[arg(long, env = "APPROLE_CONTROLLER_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub cert_check_interval: Duration,
+
+    /// Address the admission webhook serves HTTPS on (`POST /mutate`).
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub webhook_listen: SocketAddr,
+
+    /// Namespace the controller runs in (set it from the downward API): its CA Secret lives
+    /// there, and its pods are never mutated. Default: the kubeconfig's or service account's.
+    #[arg(long, env = "APPROLE_CONTROLLER_POD_NAMESPACE")]
+    pub namespace_self: Option<String>,
+
+    /// Name of the Service in front of the webhook; the serving certificate is issued for
+    /// `<service>.<namespace>.svc` and `<service>.<namespace>.svc.cluster.local`.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_WEBHOOK_SERVICE",
+        default_value = "approle-controller"
+    )]
+    pub webhook_service: String,
+
+    /// Extra names or IP addresses for the serving certificate (repeatable or comma-separated),
+    /// e.g. 127.0.0.1 when the API server calls the webhook by URL.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_WEBHOOK_EXTRA_SAN",
+        value_delimiter = ','
+    )]
+    pub webhook_extra_san: Vec<String>,
+
+    /// MutatingWebhookConfiguration whose caBundle the controller keeps current (every webhook
+    /// in it). Without it, nothing is patched (e.g. cert-manager's cainjector does it).
+    #[arg(long, env = "APPROLE_CONTROLLER_WEBHOOK_CONFIG_NAME")]
+    pub webhook_config_name: Option<String>,
+
+    /// Image of the injected init container.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_IMAGE", default_value = concat!("ghcr.io/approle-injector/approle-init:", env!("CARGO_PKG_VERSION")))]
+    pub init_image: String,
+
+    /// How long an injected init container waits for its push before it gives up.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub init_timeout: Duration,
+
+    /// CPU request of the init container.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_CPU_REQUEST", default_value = inject::DEFAULT_CPU_REQUEST, value_parser = quantity)]
+    pub init_cpu_request: String,
+
+    /// CPU limit of the init container.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_CPU_LIMIT", default_value = inject::DEFAULT_CPU_LIMIT, value_parser = quantity)]
+    pub init_cpu_limit: String,
+
+    /// Memory request of the init container.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_MEMORY_REQUEST", default_value = inject::DEFAULT_MEMORY_REQUEST, value_parser = quantity)]
+    pub init_memory_request: String,
+
+    /// Memory limit of the init container.
+    #[arg(long, env = "APPROLE_CONTROLLER_INIT_MEMORY_LIMIT", default_value = inject::DEFAULT_MEMORY_LIMIT, value_parser = quantity)]
+    pub init_memory_limit: String,
+
+    /// Vault address as pods reach it (default: --vault-addr). --vault-cacert goes to pods too.
+    #[arg(long, env = "APPROLE_CONTROLLER_VAULT_ADDR_FOR_PODS")]
+    pub vault_addr_for_pods: Option<String>,
 
     /// Lifetime of a minted secret_id. Short: it is used seconds after minting, once.
     #[arg(long, env = "APPROLE_CONTROLLER_SECRET_ID_TTL", default_value = "120s", value_parser = humantime::parse_duration)]
@@ -80,6 +189,97 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// Where the TLS material comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Injector CA in a Secret; the controller issues and renews its own certificates.
+    SelfManaged,
+    /// Everything from files.
+    Files {
+        /// Injector CA certificate.
+        injector_ca: PathBuf,
+        /// Push client certificate and key.
+        client: (PathBuf, PathBuf),
+        /// Webhook serving certificate and key.
+        serving: (PathBuf, PathBuf),
+    },
+}
+
+impl Args {
+    /// Checks the TLS flags as a set.
+    pub fn tls_mode(&self) -> Result<TlsMode, String> {
+        let files = [
+            ("--client-cert", &self.client_cert),
+            ("--client-key", &self.client_key),
+            ("--webhook-cert", &self.webhook_cert),
+            ("--webhook-key", &self.webhook_key),
+        ];
+        let Some(injector_ca) = self.injector_ca.clone() else {
+            if let Some((flag, _)) = files.iter().find(|(_, v)| v.is_some()) {
+                return Err(format!(
+                    "{flag} needs --injector-ca (the CA that issued the certificates, for init \
+                     containers to trust); leave all certificate flags out to let the controller \
+                     manage its own CA"
+                ));
+            }
+            return Ok(TlsMode::SelfManaged);
+        };
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("--injector-ca also needs {}", missing.join(", ")));
+        }
+        let get = |v: &Option<PathBuf>| v.clone().unwrap_or_default();
+        Ok(TlsMode::Files {
+            injector_ca,
+            client: (get(&self.client_cert), get(&self.client_key)),
+            serving: (get(&self.webhook_cert), get(&self.webhook_key)),
+        })
+    }
+
+    /// What the webhook injects, except the injector CA (filled in by the certificate manager).
+    pub fn inject_config(&self, vault_ca_pem: Option<String>) -> InjectConfig {
+        InjectConfig {
+            image: self.init_image.clone(),
+            vault_addr: self
+                .vault_addr_for_pods
+                .clone()
+                .unwrap_or_else(|| self.vault_addr.clone()),
+            vault_ca_pem,
+            injector_ca_pem: String::new(),
+            approle_mount: self.approle_mount.clone(),
+            timeout: humantime::format_duration(self.init_timeout).to_string(),
+            resources: inject::resources(
+                &self.init_cpu_request,
+                &self.init_cpu_limit,
+                &self.init_memory_request,
+                &self.init_memory_limit,
+            ),
+        }
+    }
+}
+
+/// A Kubernetes quantity as people write them for CPU and memory: `100m`, `0.5`, `32Mi`, `1G`.
+fn quantity(s: &str) -> Result<String, String> {
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let suffixes = [
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if number.parse::<f64>().is_ok() && suffixes.contains(&suffix) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a quantity; write e.g. 100m or 0.5 (CPU), 32Mi or 1G (memory)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,10 +291,6 @@ mod tests {
             "http://127.0.0.1:8200",
             "--vault-token-file",
             "/t",
-            "--client-cert",
-            "/c",
-            "--client-key",
-            "/k",
         ];
         Args::try_parse_from(base.iter().chain(extra.iter()))
     }
@@ -106,6 +302,64 @@ mod tests {
         assert_eq!(a.secret_id_ttl, Duration::from_secs(120));
         assert_eq!(a.approle_mount, "approle");
         assert_eq!(a.log_format, LogFormat::Plain);
+        assert_eq!(a.webhook_listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(a.tls_mode(), Ok(TlsMode::SelfManaged));
+        let cfg = a.inject_config(None);
+        assert_eq!(cfg.timeout, "5m");
+        assert_eq!(cfg.vault_addr, "http://127.0.0.1:8200");
+        assert_eq!(cfg.resources, inject::default_resources());
+    }
+
+    #[test]
+    fn pods_can_reach_vault_by_another_address() {
+        let a = parse(&["--vault-addr-for-pods", "https://vault.vault.svc:8200"]).expect("valid");
+        assert_eq!(
+            a.inject_config(None).vault_addr,
+            "https://vault.vault.svc:8200"
+        );
+    }
+
+    #[test]
+    fn certificate_files_come_as_a_complete_set() {
+        let all = [
+            "--injector-ca",
+            "/ca",
+            "--client-cert",
+            "/c",
+            "--client-key",
+            "/k",
+            "--webhook-cert",
+            "/wc",
+            "--webhook-key",
+            "/wk",
+        ];
+        assert!(matches!(
+            parse(&all).expect("valid").tls_mode(),
+            Ok(TlsMode::Files { .. })
+        ));
+        let err = parse(&all[..6])
+            .expect("parses")
+            .tls_mode()
+            .expect_err("incomplete");
+        assert!(
+            err.contains("--webhook-cert") && err.contains("--webhook-key"),
+            "{err}"
+        );
+        let err = parse(&all[2..])
+            .expect("parses")
+            .tls_mode()
+            .expect_err("no CA");
+        assert!(err.contains("--client-cert needs --injector-ca"), "{err}");
+    }
+
+    #[test]
+    fn resource_quantities_are_checked() {
+        for ok in ["10m", "0.5", "1", "32Mi", "1G"] {
+            assert!(parse(&["--init-cpu-limit", ok]).is_ok(), "{ok}");
+        }
+        for bad in ["ten", "10mb", "", "-1", "1 Gi"] {
+            assert!(parse(&["--init-memory-limit", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,26 +1,35 @@
-//! approle-controller: watches pods annotated `vault-approle.io/role`, mints a response-wrapped,
-//! pod-bound AppRole secret_id for each, and pushes it over mutual TLS to the pod's init container.
+//! approle-controller: injects annotated pods at admission, then watches them, mints a
+//! response-wrapped, pod-bound AppRole secret_id for each, and pushes it over mutual TLS to the
+//! pod's init container.
 //!
 //! ```text
-//!   watch pods ──▶ decide (annotations, init container running, pod IP)
-//!                     └─▶ deliver: role-id ─▶ wrapped secret_id (num_uses 1, podIP/32)
-//!                                   ─▶ POST https://<podIP>:<port>/v1/secret-id (client cert)
-//!                                   ─▶ annotate pod + Event
+//!   API server ──POST /mutate──▶ webhook: validate annotations, patch in init container + tmpfs
+//!   certs: injector CA (Secret) ─▶ webhook serving cert, push client cert, caBundle; renewal
+//!   watch pods (label vault-approle.io/managed=true)
+//!     ─▶ decide (annotations, init container running, pod IP)
+//!     └─▶ deliver: role-id ─▶ wrapped secret_id (num_uses 1, podIP/32)
+//!                  ─▶ POST https://<podIP>:<port>/v1/secret-id (client cert)
+//!                  ─▶ annotate pod + Event
 //! ```
 //!
-//! Modules: [`args`] (flags and env), [`decide`] (pure per-pod decision), [`deliver`] (reconcile),
-//! [`push`] (the mTLS push client).
+//! Modules: [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
+//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`push`] (the mTLS
+//! push client).
 
 #![forbid(unsafe_code)]
 
 mod args;
+mod certs;
 mod decide;
 mod deliver;
 mod push;
+mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use approle_shared::MANAGED_LABEL;
 use approle_shared::tls;
 use approle_shared::vault::{Vault, VaultConfig};
 use clap::Parser;
@@ -30,7 +39,7 @@ use kube::api::Api;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,8 +47,9 @@ async fn main() -> anyhow::Result<()> {
     let args = args::Args::parse();
     approle_shared::telemetry::init(&args.log_level, args.log_format)
         .map_err(anyhow::Error::msg)?;
+    let tls_mode = args.tls_mode().map_err(anyhow::Error::msg)?;
 
-    let ca_pem = match &args.vault_cacert {
+    let vault_ca_pem = match &args.vault_cacert {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .with_context(|| format!("reading Vault CA bundle {}", path.display()))?,
@@ -48,19 +58,56 @@ async fn main() -> anyhow::Result<()> {
     };
     let vault = Vault::new(&VaultConfig {
         addr: args.vault_addr.clone(),
-        ca_pem,
+        ca_pem: vault_ca_pem.clone(),
         timeout: args.vault_timeout,
         source_address: None,
     })?;
-    let cert = std::fs::read_to_string(&args.client_cert)
-        .with_context(|| format!("reading client certificate {}", args.client_cert.display()))?;
-    let key = std::fs::read_to_string(&args.client_key)
-        .with_context(|| format!("reading client key {}", args.client_key.display()))?;
-    let push = push::PushClient::new(&cert, &key, args.push_timeout).map_err(anyhow::Error::msg)?;
-
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
+    let self_namespace = args
+        .namespace_self
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+
+    let source = certs_source(&args, tls_mode, &client, &self_namespace);
+    let ca_bundle = match (&source, &args.webhook_config_name) {
+        (certs::Source::Secret(_), Some(name)) => Some(certs::CaBundle {
+            api: Api::all(client.clone()),
+            name: name.clone(),
+        }),
+        (certs::Source::Files(_), Some(name)) => {
+            warn!(config = %name, "certificates come from files: the caBundle is left to whoever issues them (e.g. cert-manager's cainjector)");
+            None
+        }
+        _ => None,
+    };
+    let started = certs::Certs::start(
+        source,
+        args.inject_config(vault_ca_pem),
+        ca_bundle,
+        args.push_timeout,
+        args.cert_check_interval,
+    )
+    .await
+    .context("setting up TLS")?;
+    tokio::spawn(started.certs.run());
+
+    let listener = std::net::TcpListener::bind(args.webhook_listen)
+        .with_context(|| format!("binding the webhook to {}", args.webhook_listen))?;
+    let addr = listener.local_addr()?;
+    let server = axum_server::Handle::new();
+    tokio::spawn(serve_webhook(
+        listener,
+        started.tls,
+        webhook::WebhookState {
+            self_namespace: self_namespace.clone(),
+            inject: started.inject,
+        },
+        server.clone(),
+    ));
+    info!(%addr, path = webhook::MUTATE_PATH, "webhook listening");
+
     let pods: Api<Pod> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -78,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
         },
     );
 
-    let controller = Controller::new(pods, watcher::Config::default())
+    // Only our pods: the cache holds what the webhook labelled, not every pod of the cluster.
+    let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
+    let controller = Controller::new(pods, watch)
         .with_config(Config::default().concurrency(args.concurrency))
         // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;
         // a second one aborts.
@@ -87,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         controller.store(),
         vault,
-        push,
+        started.push,
         recorder,
         deliver::Settings {
             mount: args.approle_mount.clone(),
@@ -97,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
             max_mints: args.max_mints,
         },
     ));
-    info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), "approle-controller started");
+    info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
     controller
         .run(deliver::reconcile, deliver::error_policy, ctx)
         .for_each(|result| async move {
@@ -106,6 +155,64 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await;
+    // Reviews in flight get a moment to be answered.
+    server.graceful_shutdown(Some(Duration::from_secs(5)));
     info!("approle-controller stopped");
     Ok(())
+}
+
+fn certs_source(
+    args: &args::Args,
+    mode: args::TlsMode,
+    client: &kube::Client,
+    namespace: &str,
+) -> certs::Source {
+    match mode {
+        args::TlsMode::SelfManaged => certs::Source::Secret(Box::new(certs::SecretCa {
+            api: Api::namespaced(client.clone(), namespace),
+            display: format!("{namespace}/{}", args.ca_secret_name),
+            name: args.ca_secret_name.clone(),
+            ca_validity: args.ca_validity,
+            cert_validity: args.cert_validity,
+            serving_sans: certs::Source::serving_sans(
+                &args.webhook_service,
+                namespace,
+                &args.webhook_extra_san,
+            ),
+        })),
+        args::TlsMode::Files {
+            injector_ca,
+            client,
+            serving,
+        } => certs::Source::Files(certs::FileCerts {
+            injector_ca,
+            client,
+            serving,
+        }),
+    }
+}
+
+/// Serves the webhook; if the server ever fails, logs it and serves again on the same socket:
+/// a webhook failure never takes delivery down with it.
+async fn serve_webhook(
+    listener: std::net::TcpListener,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    state: webhook::WebhookState,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+) {
+    loop {
+        let socket = match listener.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "webhook socket unusable; admission stops working");
+                return;
+            }
+        };
+        match webhook::serve(socket, tls.clone(), state.clone(), handle.clone()).await {
+            Ok(()) => return,
+            Err(e) => error!(error = %e, "webhook server failed; serving again"),
+        }
+        // Not synchronisation: a pause so a persistent failure does not spin.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

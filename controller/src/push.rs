@@ -1,7 +1,9 @@
 //! The controller's side of the push: `POST https://<podIP>:<port>/v1/secret-id` with the
-//! controller's client certificate (see `approle_shared::tls` for the trust model).
+//! controller's client certificate (see `approle_shared::tls` for the trust model). The
+//! certificate can be swapped at run time ([`PushClient::reload`]) when it is renewed.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use approle_shared::push::{PushError, PushRequest, PushResponse, SECRET_ID_PATH};
@@ -37,28 +39,32 @@ impl std::fmt::Display for PushFailure {
     }
 }
 
-/// HTTPS client that presents the controller's certificate.
+/// HTTPS client that presents the controller's certificate. Clones share the certificate.
 #[derive(Debug, Clone)]
 pub struct PushClient {
-    http: reqwest::Client,
+    http: Arc<RwLock<reqwest::Client>>,
+    timeout: Duration,
 }
 
 impl PushClient {
     /// Builds the client from PEM texts.
     pub fn new(cert_pem: &str, key_pem: &str, timeout: Duration) -> Result<Self, String> {
-        let config = tls::push_client_config(cert_pem, key_pem).map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .http1_only()
-            // Each init container takes exactly one push: there is no connection worth keeping.
-            .pool_max_idle_per_host(0)
-            // A pod that is not listening yet refuses at once; one that is unreachable should not
-            // hold a delivery slot for long.
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("push client: {e}"))?;
-        Ok(Self { http })
+        Ok(Self {
+            http: Arc::new(RwLock::new(build(cert_pem, key_pem, timeout)?)),
+            timeout,
+        })
+    }
+
+    /// Presents a new certificate from now on; pushes in flight finish with the old one.
+    pub fn reload(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        let http = build(cert_pem, key_pem, self.timeout)?;
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = http;
+        Ok(())
+    }
+
+    fn client(&self) -> reqwest::Client {
+        // A panic elsewhere cannot leave a half-written client behind: the swap is one store.
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Pushes `req` to the pod.
@@ -70,7 +76,7 @@ impl PushClient {
     ) -> Result<PushResponse, PushFailure> {
         let url = format!("https://{}{SECRET_ID_PATH}", SocketAddr::new(pod_ip, port));
         let resp = self
-            .http
+            .client()
             .post(url)
             .json(req)
             .send()
@@ -93,6 +99,21 @@ impl PushClient {
             Err(PushFailure::Refused { status, message })
         }
     }
+}
+
+fn build(cert_pem: &str, key_pem: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let config = tls::push_client_config(cert_pem, key_pem).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .http1_only()
+        // Each init container takes exactly one push: there is no connection worth keeping.
+        .pool_max_idle_per_host(0)
+        // A pod that is not listening yet refuses at once; one that is unreachable should not
+        // hold a delivery slot for long.
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("push client: {e}"))
 }
 
 fn classify(e: &reqwest::Error) -> PushFailure {

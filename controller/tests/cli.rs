@@ -45,7 +45,7 @@ fn missing_configuration_is_refused_naming_the_flag() {
 }
 
 #[test]
-fn unreadable_client_certificate_is_a_clear_error() {
+fn client_certificate_without_its_ca_is_refused_naming_the_flags() {
     let out = controller()
         .args([
             "--vault-addr",
@@ -61,8 +61,47 @@ fn unreadable_client_certificate_is_a_clear_error() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-cert needs --injector-ca"), "{err}");
+}
+
+#[test]
+fn unreadable_certificate_file_is_a_clear_error() {
+    // A kubeconfig is read, not dialled, at start: the certificate files fail first.
+    let dir = std::env::temp_dir().join(format!("approle-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+         current-context: x\n",
+    )
+    .expect("kubeconfig");
+    let out = controller()
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "--vault-addr",
+            "http://127.0.0.1:1",
+            "--vault-token-file",
+            "/nonexistent/token",
+            "--injector-ca",
+            "/nonexistent/ca.pem",
+            "--client-cert",
+            "/nonexistent/cert.pem",
+            "--client-key",
+            "/nonexistent/key.pem",
+            "--webhook-cert",
+            "/nonexistent/wcert.pem",
+            "--webhook-key",
+            "/nonexistent/wkey.pem",
+        ])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("client certificate") && err.contains("/nonexistent/cert.pem"),
+        err.contains("injector CA") && err.contains("/nonexistent/ca.pem"),
         "{err}"
     );
 }

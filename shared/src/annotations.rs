@@ -22,8 +22,10 @@ pub const PORT: &str = "vault-approle.io/port";
 pub const MODE: &str = "vault-approle.io/mode";
 /// Prefix of the KV secret annotations (`vault-approle.io/secret-<file>`).
 pub const SECRET_PREFIX: &str = "vault-approle.io/secret-";
-/// Written by the system: delivery status.
+/// Written by the system: delivery status ([`STATUS_INJECTED`] at admission, then `delivered`).
 pub const STATUS: &str = "vault-approle.io/status";
+/// Value of [`STATUS`] the webhook writes: injected, no token delivered yet.
+pub const STATUS_INJECTED: &str = "injected";
 /// Written by the system: accessor of the delivered token.
 pub const TOKEN_ACCESSOR: &str = "vault-approle.io/token-accessor";
 
@@ -304,6 +306,16 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// The candidate closest to `name` (edit distance at most 3), for "did you mean" hints.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (distance(name, c), c))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, c)| c)
 }
 
 /// Levenshtein distance (small strings only).

@@ -1,17 +1,33 @@
 //! What injection adds to a pod: the `vault-approle-init` init container (first among init
-//! containers), a tmpfs `emptyDir` volume, read-only mounts of it in the selected containers, and
-//! the managed label. A pure function of the pod, the parsed annotations and the injector settings,
-//! so the admission webhook and the test harness build exactly the same pod.
+//! containers), a tmpfs `emptyDir` volume, read-only mounts of it in the selected containers, the
+//! managed label and the status annotation.
+//!
+//! ```text
+//!   patch(&Pod, &InjectionSpec, &InjectConfig) ──▶ Vec<PatchOperation>   (the admission webhook)
+//!        │  the only place that decides what changes
+//!        ▼
+//!   inject(&mut Pod, ..) = apply patch(..) to the pod's JSON            (tests, tools)
+//! ```
+//!
+//! Both are pure functions of the pod, the parsed annotations and the injector settings, so the
+//! admission webhook and anything else that injects build exactly the same pod. A pod that already
+//! runs the init container is left as it is (empty patch). Problems only the pod can show — a
+//! container named in `vault-approle.io/containers` that the pod does not have, a volume or mount
+//! path already taken — are [`InjectError`]s with a message a person can act on.
 
 use std::collections::BTreeMap;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
     ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::annotations::InjectionSpec;
+use crate::annotations::{
+    CONTAINERS, InjectionSpec, MOUNT_PATH, STATUS, STATUS_INJECTED, TOKEN_ACCESSOR, nearest,
+};
 use crate::{INIT_CONTAINER_NAME, MANAGED_LABEL};
 
 /// Name of the credential volume.
@@ -36,20 +52,90 @@ pub struct InjectConfig {
     pub resources: ResourceRequirements,
 }
 
-/// Small requests and limits: the init container is a ~5 MiB static binary doing four HTTPS calls.
-pub fn default_resources() -> ResourceRequirements {
+/// Default CPU request of the init container. Small on purpose: it is a ~5 MiB static binary
+/// doing four HTTPS calls.
+pub const DEFAULT_CPU_REQUEST: &str = "10m";
+/// Default CPU limit of the init container.
+pub const DEFAULT_CPU_LIMIT: &str = "100m";
+/// Default memory request of the init container.
+pub const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
+/// Default memory limit of the init container.
+pub const DEFAULT_MEMORY_LIMIT: &str = "32Mi";
+
+/// Requests and limits of the init container.
+pub fn resources(
+    cpu_request: &str,
+    cpu_limit: &str,
+    memory_request: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_owned());
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".into(), q("10m")),
-            ("memory".into(), q("16Mi")),
+            ("cpu".into(), q(cpu_request)),
+            ("memory".into(), q(memory_request)),
         ])),
         limits: Some(BTreeMap::from([
-            ("cpu".into(), q("100m")),
-            ("memory".into(), q("32Mi")),
+            ("cpu".into(), q(cpu_limit)),
+            ("memory".into(), q(memory_limit)),
         ])),
         ..Default::default()
     }
+}
+
+/// The default requests and limits.
+pub fn default_resources() -> ResourceRequirements {
+    resources(
+        DEFAULT_CPU_REQUEST,
+        DEFAULT_CPU_LIMIT,
+        DEFAULT_MEMORY_REQUEST,
+        DEFAULT_MEMORY_LIMIT,
+    )
+}
+
+/// Why a pod cannot be injected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The pod has no `spec`.
+    #[error("the pod has no spec")]
+    NoSpec,
+    /// `vault-approle.io/containers` names containers the pod does not have.
+    #[error("annotation \"{CONTAINERS}\" names {}, which this pod does not have; its containers are {}", describe_unknown(.unknown, .known), .known.join(", "))]
+    UnknownContainers {
+        /// The names that do not exist.
+        unknown: Vec<String>,
+        /// The pod's container names.
+        known: Vec<String>,
+    },
+    /// The pod already has a volume with the injector's name.
+    #[error(
+        "the pod already has a volume named \"{VOLUME_NAME}\", which the injector needs for the credential; rename that volume"
+    )]
+    VolumeNameTaken,
+    /// A selected container already mounts something at the mount path.
+    #[error(
+        "container {container:?} already mounts a volume at {path:?}; set annotation \"{MOUNT_PATH}\" to another directory"
+    )]
+    MountPathTaken {
+        /// The container.
+        container: String,
+        /// The mount path.
+        path: String,
+    },
+    /// Applying our own patch failed: a bug, reported rather than panicking.
+    #[error("internal error applying the injection patch: {0}")]
+    Apply(String),
+}
+
+fn describe_unknown(unknown: &[String], known: &[String]) -> String {
+    unknown
+        .iter()
+        .map(|u| match nearest(u, known.iter().map(String::as_str)) {
+            Some(k) => format!("{u:?} (did you mean {k:?}?)"),
+            None => format!("{u:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -131,41 +217,187 @@ pub fn volume() -> Volume {
     }
 }
 
-/// Adds everything to `pod` in place. A pod that already has the init container is left as it is.
-pub fn inject(pod: &mut Pod, spec: &InjectionSpec, cfg: &InjectConfig) {
-    let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
-    labels.insert(MANAGED_LABEL.into(), "true".into());
-    let Some(pod_spec) = pod.spec.as_mut() else {
-        return;
-    };
-    let inits = pod_spec.init_containers.get_or_insert_with(Vec::new);
-    if inits.iter().any(|c| c.name == INIT_CONTAINER_NAME) {
-        return;
+/// True when the pod already runs the injector's init container.
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|inits| inits.iter().any(|c| c.name == INIT_CONTAINER_NAME))
+}
+
+/// The read-only mount of the credential volume in an app container.
+fn app_mount(spec: &InjectionSpec) -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_NAME.into(),
+        mount_path: spec.mount_path.clone(),
+        read_only: Some(true),
+        ..Default::default()
     }
-    inits.insert(0, init_container(spec, cfg));
-    pod_spec.volumes.get_or_insert_with(Vec::new).push(volume());
-    for c in pod_spec.containers.iter_mut() {
-        let selected = spec
-            .containers
-            .as_ref()
-            .is_none_or(|names| names.contains(&c.name));
-        if selected {
-            c.volume_mounts
-                .get_or_insert_with(Vec::new)
-                .push(VolumeMount {
-                    name: VOLUME_NAME.into(),
-                    mount_path: spec.mount_path.clone(),
-                    read_only: Some(true),
-                    ..Default::default()
-                });
+}
+
+/// The JSONPatch (RFC 6902) that injects `pod`; empty when it is injected already. Map keys are
+/// escaped as JSON pointers require (`vault-approle.io/managed` → `vault-approle.io~1managed`).
+pub fn patch(
+    pod: &Pod,
+    spec: &InjectionSpec,
+    cfg: &InjectConfig,
+) -> Result<Vec<PatchOperation>, InjectError> {
+    let pod_spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
+    if is_injected(pod) {
+        return Ok(Vec::new());
+    }
+    let known: Vec<String> = pod_spec.containers.iter().map(|c| c.name.clone()).collect();
+    if let Some(names) = &spec.containers {
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !known.contains(n))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(InjectError::UnknownContainers { unknown, known });
         }
     }
+    if pod_spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == VOLUME_NAME)
+    {
+        return Err(InjectError::VolumeNameTaken);
+    }
+    let selected: Vec<(usize, &Container)> = pod_spec
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            spec.containers
+                .as_ref()
+                .is_none_or(|names| names.contains(&c.name))
+        })
+        .collect();
+    if let Some((_, c)) = selected.iter().find(|(_, c)| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path.trim_end_matches('/') == spec.mount_path)
+    }) {
+        return Err(InjectError::MountPathTaken {
+            container: c.name.clone(),
+            path: spec.mount_path.clone(),
+        });
+    }
+
+    let mut ops = Vec::new();
+    let meta = &pod.metadata;
+    put_entry(
+        &mut ops,
+        "labels",
+        meta.labels.is_some(),
+        MANAGED_LABEL,
+        "true",
+    );
+    put_entry(
+        &mut ops,
+        "annotations",
+        meta.annotations.is_some(),
+        STATUS,
+        STATUS_INJECTED,
+    );
+    // A pod created from a copy of an injected pod's YAML must not look delivered already.
+    if meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(TOKEN_ACCESSOR))
+    {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(&["metadata", "annotations", TOKEN_ACCESSOR]),
+        }));
+    }
+    let init = to_value(&init_container(spec, cfg))?;
+    ops.push(match &pod_spec.init_containers {
+        None => add(
+            &["spec", "initContainers"],
+            serde_json::Value::Array(vec![init]),
+        ),
+        // First: it must run before any init container that might want the credential.
+        Some(_) => add(&["spec", "initContainers", "0"], init),
+    });
+    push_item(
+        &mut ops,
+        &["spec", "volumes"],
+        pod_spec.volumes.is_some(),
+        to_value(&volume())?,
+    );
+    let mount = to_value(&app_mount(spec))?;
+    for (i, c) in selected {
+        let i = i.to_string();
+        push_item(
+            &mut ops,
+            &["spec", "containers", &i, "volumeMounts"],
+            c.volume_mounts.is_some(),
+            mount.clone(),
+        );
+    }
+    Ok(ops)
+}
+
+/// Adds everything to `pod` in place by applying [`patch`], so the two can never disagree. A pod
+/// that already has the init container is left as it is.
+pub fn inject(pod: &mut Pod, spec: &InjectionSpec, cfg: &InjectConfig) -> Result<(), InjectError> {
+    let ops = patch(pod, spec, cfg)?;
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut doc = to_value(&*pod)?;
+    json_patch::patch(&mut doc, &ops).map_err(|e| InjectError::Apply(e.to_string()))?;
+    *pod = serde_json::from_value(doc).map_err(|e| InjectError::Apply(e.to_string()))?;
+    Ok(())
+}
+
+fn to_value(v: &impl serde::Serialize) -> Result<serde_json::Value, InjectError> {
+    serde_json::to_value(v).map_err(|e| InjectError::Apply(e.to_string()))
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: serde_json::Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// Sets `metadata.<map>[key]`, creating the map when the pod has none.
+fn put_entry(ops: &mut Vec<PatchOperation>, map: &str, exists: bool, key: &str, value: &str) {
+    ops.push(if exists {
+        add(&["metadata", map, key], value.into())
+    } else {
+        add(&["metadata", map], serde_json::json!({ key: value }))
+    });
+}
+
+/// Appends to the array at `tokens`, creating it when absent.
+fn push_item(
+    ops: &mut Vec<PatchOperation>,
+    tokens: &[&str],
+    exists: bool,
+    value: serde_json::Value,
+) {
+    ops.push(if exists {
+        let mut path = tokens.to_vec();
+        path.push("-");
+        add(&path, value)
+    } else {
+        add(tokens, serde_json::Value::Array(vec![value]))
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn cfg() -> InjectConfig {
         InjectConfig {
@@ -179,23 +411,203 @@ mod tests {
         }
     }
 
-    fn pod(annotations: serde_json::Value) -> (Pod, InjectionSpec) {
+    fn spec_of(pod: &Pod) -> InjectionSpec {
+        InjectionSpec::from_annotations(pod.metadata.annotations.as_ref().expect("annotations"))
+            .expect("valid")
+            .expect("opted in")
+    }
+
+    fn pod(annotations: Value) -> (Pod, InjectionSpec) {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "annotations": annotations},
             "spec": {"initContainers": [{"name": "migrate", "image": "m"}],
                      "containers": [{"name": "app", "image": "a"}, {"name": "proxy", "image": "p"}]}
         }))
         .expect("pod");
-        let spec = InjectionSpec::from_annotations(pod.metadata.annotations.as_ref().expect("a"))
-            .expect("valid")
-            .expect("opted in");
+        let spec = spec_of(&pod);
         (pod, spec)
+    }
+
+    fn injected(annotations: Value) -> Pod {
+        let (mut p, spec) = pod(annotations);
+        inject(&mut p, &spec, &cfg()).expect("inject");
+        p
+    }
+
+    /// (op, path) of every operation, for compact expectations.
+    fn shape(ops: &[PatchOperation]) -> Vec<(String, String)> {
+        ops.iter()
+            .map(|op| {
+                let v = serde_json::to_value(op).expect("json");
+                (
+                    v["op"].as_str().unwrap_or_default().to_owned(),
+                    v["path"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn patch_operations_follow_the_shape_of_the_pod() {
+        let role = json!({"vault-approle.io/role": "web"});
+        // (name, pod, expected (op, path) list)
+        type Case = (&'static str, Value, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
+            (
+                "bare pod: every list and map is created",
+                json!({"metadata": {"annotations": role},
+                       "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+                vec![
+                    ("add", "/metadata/labels"),
+                    ("add", "/metadata/annotations/vault-approle.io~1status"),
+                    ("add", "/spec/initContainers"),
+                    ("add", "/spec/volumes"),
+                    ("add", "/spec/containers/0/volumeMounts"),
+                ],
+            ),
+            (
+                "existing lists and maps are appended to, init container goes first",
+                json!({"metadata": {"labels": {"app": "web"}, "annotations": role},
+                       "spec": {"initContainers": [{"name": "migrate", "image": "m"}],
+                                "volumes": [{"name": "data", "emptyDir": {}}],
+                                "containers": [
+                                    {"name": "app", "image": "a",
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                                    {"name": "proxy", "image": "p"}]}}),
+                vec![
+                    ("add", "/metadata/labels/vault-approle.io~1managed"),
+                    ("add", "/metadata/annotations/vault-approle.io~1status"),
+                    ("add", "/spec/initContainers/0"),
+                    ("add", "/spec/volumes/-"),
+                    ("add", "/spec/containers/0/volumeMounts/-"),
+                    ("add", "/spec/containers/1/volumeMounts"),
+                ],
+            ),
+            (
+                "only the selected containers get a mount",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/containers": "proxy"}},
+                       "spec": {"containers": [{"name": "app", "image": "a"},
+                                               {"name": "proxy", "image": "p"}]}}),
+                vec![
+                    ("add", "/metadata/labels"),
+                    ("add", "/metadata/annotations/vault-approle.io~1status"),
+                    ("add", "/spec/initContainers"),
+                    ("add", "/spec/volumes"),
+                    ("add", "/spec/containers/1/volumeMounts"),
+                ],
+            ),
+            (
+                "a copied token-accessor annotation is removed",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/status": "delivered",
+                                                    "vault-approle.io/token-accessor": "abc"}},
+                       "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+                vec![
+                    ("add", "/metadata/labels"),
+                    ("add", "/metadata/annotations/vault-approle.io~1status"),
+                    (
+                        "remove",
+                        "/metadata/annotations/vault-approle.io~1token-accessor",
+                    ),
+                    ("add", "/spec/initContainers"),
+                    ("add", "/spec/volumes"),
+                    ("add", "/spec/containers/0/volumeMounts"),
+                ],
+            ),
+            (
+                "an injected pod is left as it is",
+                json!({"metadata": {"annotations": role},
+                       "spec": {"initContainers": [{"name": INIT_CONTAINER_NAME, "image": "i"}],
+                                "containers": [{"name": "app", "image": "a"}]}}),
+                vec![],
+            ),
+        ];
+        for (name, pod, want) in cases {
+            let pod: Pod = serde_json::from_value(pod).expect(name);
+            let ops = patch(&pod, &spec_of(&pod), &cfg()).expect(name);
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(o, p)| ((*o).to_owned(), (*p).to_owned()))
+                .collect();
+            assert_eq!(shape(&ops), want, "{name}");
+
+            // Applied to the pod's JSON as the API server does, the patch gives exactly what
+            // `inject` gives, and the result is a valid pod.
+            let mut doc = serde_json::to_value(&pod).expect("json");
+            json_patch::patch(&mut doc, &ops).expect(name);
+            let mut by_inject = pod.clone();
+            inject(&mut by_inject, &spec_of(&pod), &cfg()).expect(name);
+            assert_eq!(
+                doc,
+                serde_json::to_value(&by_inject).expect("json"),
+                "{name}"
+            );
+            let patched: Pod = serde_json::from_value(doc).expect(name);
+            assert!(is_injected(&patched), "{name}");
+        }
+    }
+
+    #[test]
+    fn pods_that_cannot_be_injected_say_why() {
+        let cases: Vec<(&str, Value, &[&str])> = vec![
+            (
+                "unknown container, near miss",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/containers": "app,proxi"}},
+                       "spec": {"containers": [{"name": "app", "image": "a"},
+                                               {"name": "proxy", "image": "p"}]}}),
+                &[
+                    "vault-approle.io/containers",
+                    "\"proxi\"",
+                    "did you mean \"proxy\"",
+                    "app, proxy",
+                ],
+            ),
+            (
+                "unknown container, far off",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/containers": "database"}},
+                       "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+                &["\"database\"", "its containers are app"],
+            ),
+            (
+                "volume name taken",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web"}},
+                       "spec": {"volumes": [{"name": VOLUME_NAME, "emptyDir": {}}],
+                                "containers": [{"name": "app", "image": "a"}]}}),
+                &["volume named \"vault-approle\""],
+            ),
+            (
+                "mount path taken",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/mount-path": "/secrets"}},
+                       "spec": {"volumes": [{"name": "s", "emptyDir": {}}],
+                                "containers": [{"name": "app", "image": "a",
+                                    "volumeMounts": [{"name": "s", "mountPath": "/secrets/"}]}]}}),
+                &["\"app\"", "\"/secrets\"", "vault-approle.io/mount-path"],
+            ),
+            (
+                "no spec",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web"}}}),
+                &["no spec"],
+            ),
+        ];
+        for (name, pod, needles) in cases {
+            let pod: Pod = serde_json::from_value(pod).expect(name);
+            let err = patch(&pod, &spec_of(&pod), &cfg()).expect_err(name);
+            let msg = err.to_string();
+            for n in needles {
+                assert!(msg.contains(n), "{name}: {msg:?} lacks {n:?}");
+            }
+            let mut p = pod.clone();
+            assert_eq!(inject(&mut p, &spec_of(&pod), &cfg()), Err(err), "{name}");
+        }
     }
 
     #[test]
     fn init_container_goes_first_and_volume_is_tmpfs() {
-        let (mut p, spec) = pod(json!({"vault-approle.io/role": "web"}));
-        inject(&mut p, &spec, &cfg());
+        let p = injected(json!({"vault-approle.io/role": "web"}));
         let s = p.spec.as_ref().expect("spec");
         let inits = s.init_containers.as_ref().expect("inits");
         assert_eq!(inits[0].name, INIT_CONTAINER_NAME);
@@ -210,57 +622,71 @@ mod tests {
             assert_eq!(m.read_only, Some(true));
             assert_eq!(m.mount_path, "/var/run/secrets/vault-approle");
         }
-        assert_eq!(
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_LABEL))
-                .map(String::as_str),
-            Some("true")
-        );
-    }
-
-    #[test]
-    fn only_selected_containers_get_the_mount() {
-        let (mut p, spec) =
-            pod(json!({"vault-approle.io/role": "web", "vault-approle.io/containers": "app"}));
-        inject(&mut p, &spec, &cfg());
-        let s = p.spec.as_ref().expect("spec");
-        assert!(s.containers[0].volume_mounts.is_some());
-        assert!(s.containers[1].volume_mounts.is_none());
+        let label = p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_LABEL));
+        assert_eq!(label.map(String::as_str), Some("true"));
+        let status = p.metadata.annotations.as_ref().and_then(|a| a.get(STATUS));
+        assert_eq!(status.map(String::as_str), Some(STATUS_INJECTED));
     }
 
     #[test]
     fn injecting_twice_changes_nothing() {
-        let (mut p, spec) = pod(json!({"vault-approle.io/role": "web"}));
-        inject(&mut p, &spec, &cfg());
+        let mut p = injected(json!({"vault-approle.io/role": "web"}));
         let once = serde_json::to_value(&p).expect("json");
-        inject(&mut p, &spec, &cfg());
+        let spec = spec_of(&p);
+        assert!(patch(&p, &spec, &cfg()).expect("patch").is_empty());
+        inject(&mut p, &spec, &cfg()).expect("inject");
         assert_eq!(serde_json::to_value(&p).expect("json"), once);
     }
 
     #[test]
-    fn env_carries_role_port_and_pod_uid_from_the_downward_api() {
+    fn env_security_context_and_resources_are_what_the_design_says() {
+        let mut c = cfg();
+        c.vault_ca_pem = Some("VAULT CA".into());
+        c.resources = resources("1m", "2m", "3Mi", "4Mi");
         let (mut p, spec) =
             pod(json!({"vault-approle.io/role": "web", "vault-approle.io/port": "9443"}));
-        inject(&mut p, &spec, &cfg());
-        let c = &p
+        inject(&mut p, &spec, &c).expect("inject");
+        let init = &p
             .spec
             .as_ref()
             .expect("spec")
             .init_containers
             .as_ref()
             .expect("inits")[0];
-        let v = serde_json::to_value(c).expect("json");
+        let v = serde_json::to_value(init).expect("json");
         let env = v["env"].as_array().expect("env");
         let get = |n: &str| env.iter().find(|e| e["name"] == n).cloned().expect(n);
         assert_eq!(get("APPROLE_INIT_ROLE")["value"], "web");
         assert_eq!(get("APPROLE_INIT_LISTEN")["value"], "0.0.0.0:9443");
+        assert_eq!(get("APPROLE_INIT_APPROLE_MOUNT")["value"], "approle");
+        assert_eq!(
+            get("APPROLE_INIT_VAULT_ADDR")["value"],
+            "https://vault:8200"
+        );
+        assert_eq!(get("APPROLE_INIT_VAULT_CACERT_PEM")["value"], "VAULT CA");
+        assert_eq!(get("APPROLE_INIT_CLIENT_CA_PEM")["value"], "CA");
+        assert_eq!(
+            get("APPROLE_INIT_OUT_DIR")["value"],
+            crate::annotations::DEFAULT_MOUNT_PATH
+        );
+        assert_eq!(get("APPROLE_INIT_TIMEOUT")["value"], "5m");
         assert_eq!(
             get("APPROLE_INIT_POD_UID")["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.uid"
         );
-        assert_eq!(v["securityContext"]["readOnlyRootFilesystem"], true);
-        assert_eq!(v["securityContext"]["capabilities"]["drop"][0], "ALL");
+        let sc = &v["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            v["resources"],
+            json!({"requests": {"cpu": "1m", "memory": "3Mi"}, "limits": {"cpu": "2m", "memory": "4Mi"}})
+        );
     }
 }

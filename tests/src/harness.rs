@@ -4,7 +4,10 @@
 //!  Stack::start ─▶ vault-dev (process) ─┐
 //!               ─▶ kube-dev  (process) ─┼─▶ configure Vault (approle mount, policies, role,
 //!                                       │   controller token) and the injector CA
-//!               ─▶ approle-controller (process, plain kubeconfig)
+//!               ─▶ approle-controller (process, plain kubeconfig, webhook on 127.0.0.1:<port>)
+//!                    └▶ MutatingWebhookConfiguration approle-injector → https://127.0.0.1:<port>/mutate
+//!                       (the controller fills in its caBundle from the CA Secret it manages)
+//!  Tests create plain annotated pods; kube-dev calls the webhook, which injects them.
 //!  kube-dev's kubelet runs approle-init as a process per pod, on the pod's own 127.x.y.z address.
 //! ```
 //!
@@ -18,9 +21,10 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use approle_shared::annotations::InjectionSpec;
 use approle_shared::inject::{self, InjectConfig};
-use approle_shared::tls::{Ca, Usage};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use approle_shared::tls::Ca;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -32,6 +36,14 @@ pub const ROOT_TOKEN: &str = "root-token-for-tests";
 pub const ROLE: &str = "web";
 /// Policy the role's tokens get.
 pub const ROLE_POLICY: &str = "web-kv";
+/// The controller's own namespace (its pods are never mutated; its CA Secret lives there).
+pub const CONTROLLER_NAMESPACE: &str = "approle-system";
+/// The MutatingWebhookConfiguration the harness registers and the controller keeps current.
+pub const WEBHOOK_CONFIG: &str = "approle-injector";
+/// The controller's CA Secret (its default name).
+pub const CA_SECRET: &str = "approle-injector-ca";
+/// Init container image: kube-dev runs approle-init for images ending in `approle-init`.
+pub const INIT_IMAGE: &str = "ghcr.io/approle-injector/approle-init:dev";
 
 /// Installs the ring provider (idempotent).
 pub fn install_crypto() {
@@ -227,6 +239,31 @@ where
     }
 }
 
+/// Value of a pod annotation.
+pub fn annotation(p: &Pod, key: &str) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+/// True once the controller recorded the pod's delivery.
+pub fn delivered(p: &Pod) -> bool {
+    annotation(p, approle_shared::annotations::STATUS).as_deref() == Some("delivered")
+}
+
+/// A token a pod received, proven to work.
+#[derive(Debug)]
+pub struct PodToken {
+    /// The pod's IP, where Vault accepts the token from.
+    pub ip: String,
+    /// The token.
+    pub token: String,
+    /// Its accessor, as Vault reports it.
+    pub accessor: String,
+}
+
 /// Options of a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -270,9 +307,12 @@ pub struct Stack {
     pub kubeconfig: PathBuf,
     /// kube-dev's kubelet root dir (pod volumes and container logs).
     pub kube_root: PathBuf,
-    /// The controllers started, in order.
+    /// The controllers started, in order (the webhook configuration calls the last one).
     pub controllers: Vec<Proc>,
-    /// The injector CA.
+    /// URL of the last controller's webhook.
+    pub webhook_url: Option<String>,
+    /// A CA of the harness's own, for tests that run approle-init without the controller (the
+    /// controller manages its own: [`Stack::injector_ca_pem`]).
     pub ca: Ca,
     /// Client for Vault administration (root token).
     pub http: reqwest::Client,
@@ -368,6 +408,7 @@ impl Stack {
             kubeconfig,
             kube_root,
             controllers: Vec::new(),
+            webhook_url: None,
             ca,
             http,
             controller_token: String::new(),
@@ -375,6 +416,15 @@ impl Stack {
             options,
         };
         stack.configure_vault().await?;
+        if stack.kube_client.is_some() {
+            let namespaces: Api<Namespace> = Api::all(stack.kube_client());
+            let ns = serde_json::from_value(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}))?;
+            match namespaces.create(&PostParams::default(), &ns).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+                Err(e) => return Err(e).context("creating the controller's namespace"),
+            }
+        }
         if stack.options.controller {
             stack.start_controller().await?;
         }
@@ -477,18 +527,10 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         Ok(())
     }
 
-    /// Starts one more controller with the stack's kubeconfig.
+    /// Starts one more controller with the stack's kubeconfig, then points the
+    /// MutatingWebhookConfiguration [`WEBHOOK_CONFIG`] at its webhook and waits until the
+    /// controller has put its CA into the caBundle: from then on, pods are injected.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
-        let client = self.ca.issue(
-            "approle-controller",
-            &[],
-            Usage::Client,
-            Duration::from_secs(3600),
-        )?;
-        let cert = self.dir.path().join("controller.crt");
-        let key = self.dir.path().join("controller.key");
-        std::fs::write(&cert, &client.cert_pem)?;
-        std::fs::write(&key, &client.key_pem)?;
         let mut cmd = Command::new(bin_path("approle-controller")?);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -498,14 +540,28 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 "APPROLE_CONTROLLER_VAULT_TOKEN_FILE",
                 self.dir.path().join("controller-token"),
             )
-            .env("APPROLE_CONTROLLER_CLIENT_CERT", &cert)
-            .env("APPROLE_CONTROLLER_CLIENT_KEY", &key)
+            .env("APPROLE_CONTROLLER_POD_NAMESPACE", CONTROLLER_NAMESPACE)
+            // Port 0: the webhook's address is read from the controller's log.
+            .env("APPROLE_CONTROLLER_WEBHOOK_LISTEN", "127.0.0.1:0")
+            .env("APPROLE_CONTROLLER_WEBHOOK_EXTRA_SAN", "127.0.0.1")
+            .env("APPROLE_CONTROLLER_WEBHOOK_CONFIG_NAME", WEBHOOK_CONFIG)
+            .env("APPROLE_CONTROLLER_INIT_IMAGE", INIT_IMAGE)
+            .env(
+                "APPROLE_CONTROLLER_INIT_TIMEOUT",
+                &self.options.init_timeout,
+            )
+            // The caBundle is put in place within a fraction of a second of registration.
+            .env("APPROLE_CONTROLLER_CERT_CHECK_INTERVAL", "200ms")
             .env(
                 "APPROLE_CONTROLLER_LOG_LEVEL",
                 "info,approle_controller=debug",
             )
             .args(&self.options.controller_args);
-        let n = self.controllers.len();
+        // Each start gets its own log file, also after a test took a controller out of the list.
+        let n = std::fs::read_dir(self.dir.path())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("controller-"))
+            .count();
         let (proc, _) = Proc::spawn(
             &format!("controller-{n}"),
             cmd,
@@ -514,38 +570,135 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             Duration::from_secs(5),
         )
         .await?;
+        let listening = wait_for("the controller's webhook", Duration::from_secs(30), || {
+            let out = proc.output();
+            async move {
+                out.lines()
+                    .rfind(|l| l.contains("webhook listening"))
+                    .and_then(|l| ready_field(l, "addr"))
+            }
+        })
+        .await
+        .with_context(|| format!("controller output:\n{}", proc.output()));
         self.controllers.push(proc);
+        let url = format!("https://{}/mutate", listening?);
+        self.register_webhook(&url).await?;
+        let ca = self.injector_ca_pem().await?;
+        let configs: Api<MutatingWebhookConfiguration> = Api::all(self.kube_client());
+        wait_for(
+            "the controller to set the caBundle",
+            Duration::from_secs(30),
+            || {
+                let configs = configs.clone();
+                let ca = ca.clone();
+                async move {
+                    let config = configs.get(WEBHOOK_CONFIG).await.ok()?;
+                    let hook = config.webhooks?.into_iter().next()?;
+                    (hook.client_config.ca_bundle?.0 == ca.as_bytes()).then_some(())
+                }
+            },
+        )
+        .await?;
+        self.webhook_url = Some(url);
         Ok(())
     }
 
-    /// Injector settings as the webhook will use them.
-    pub fn inject_config(&self) -> InjectConfig {
-        InjectConfig {
-            image: "ghcr.io/approle-injector/approle-init:dev".into(),
+    /// Creates [`WEBHOOK_CONFIG`] calling `url`, or points the existing one at it. The caBundle is
+    /// left to the controller. Only pods with a `vault-approle.io/` annotation and not injected
+    /// yet are sent (matchConditions), and never those of the controller's namespace or
+    /// kube-system, so with the webhook down (failurePolicy Fail) only opted-in pods are refused.
+    pub async fn register_webhook(&self, url: &str) -> anyhow::Result<()> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.kube_client());
+        let hook = json!({
+            "name": "inject.vault-approle.io",
+            "clientConfig": {"url": url},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                "operator": "NotIn", "values": [CONTROLLER_NAMESPACE, "kube-system"]}]},
+            "matchConditions": [
+                {"name": "opted-in", "expression":
+                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault-approle.io/'))"},
+                // The webhook leaves injected pods as they are: no need to call it for them.
+                {"name": "not-injected", "expression":
+                    "!has(object.spec.initContainers) || !object.spec.initContainers.exists(c, c.name == 'vault-approle-init')"},
+            ],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        });
+        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_CONFIG}, "webhooks": [hook]
+        }))?;
+        match api.create(&PostParams::default(), &config).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A restarted controller listens elsewhere: move the URL, keeping the caBundle (a JSON
+        // patch of one field, so the controller's own caBundle patches cannot conflict with it).
+        let patch =
+            json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url}]);
+        let patch: json_patch::Patch = serde_json::from_value(patch)?;
+        api.patch(
+            WEBHOOK_CONFIG,
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The injector CA the controller keeps in its Secret.
+    pub async fn injector_ca_pem(&self) -> anyhow::Result<String> {
+        let secrets: Api<Secret> = Api::namespaced(self.kube_client(), CONTROLLER_NAMESPACE);
+        let secret = secrets
+            .get(CA_SECRET)
+            .await
+            .with_context(|| format!("reading Secret {CONTROLLER_NAMESPACE}/{CA_SECRET}"))?;
+        let pem = secret
+            .data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .context("the CA Secret has no ca.crt")?;
+        Ok(String::from_utf8(pem.0)?)
+    }
+
+    /// Injector settings as the controller's webhook uses them.
+    pub async fn inject_config(&self) -> anyhow::Result<InjectConfig> {
+        Ok(InjectConfig {
+            image: INIT_IMAGE.into(),
             vault_addr: self.vault_url.clone(),
             vault_ca_pem: None,
-            injector_ca_pem: self.ca.cert_pem().to_owned(),
+            injector_ca_pem: self.injector_ca_pem().await?,
             approle_mount: "approle".into(),
             timeout: self.options.init_timeout.clone(),
             resources: inject::default_resources(),
-        }
+        })
     }
 
-    /// An app pod with `annotations`, injected like the webhook does when they opt in.
+    /// A plain app pod with `annotations`: the webhook injects it at creation when they opt in.
     pub fn pod(&self, name: &str, annotations: Value) -> anyhow::Result<Pod> {
-        let mut pod: Pod = serde_json::from_value(json!({
+        Ok(serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": annotations, "labels": {"app": "web"}},
             "spec": {"containers": [{"name": "app", "image": "example/app:1"}], "restartPolicy": "Always"}
-        }))?;
-        if let Ok(Some(spec)) = InjectionSpec::from_annotations(
+        }))?)
+    }
+
+    /// An app pod injected here, exactly as the webhook would (the webhook leaves injected pods
+    /// as they are): for tests that change the injected pod before creating it.
+    pub async fn injected_pod(&self, name: &str, annotations: Value) -> anyhow::Result<Pod> {
+        let mut pod = self.pod(name, annotations)?;
+        let spec = InjectionSpec::from_annotations(
             pod.metadata
                 .annotations
                 .as_ref()
                 .unwrap_or(&Default::default()),
-        ) {
-            inject::inject(&mut pod, &spec, &self.inject_config());
-        }
+        )?
+        .context("the annotations do not opt in")?;
+        inject::inject(&mut pod, &spec, &self.inject_config().await?)?;
         Ok(pod)
     }
 
@@ -604,6 +757,43 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             .volume_dir(pod)
             .join(approle_shared::tokenfile::TOKEN_FILE);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Reads the token a pod received and proves it works from the pod's own address (Vault
+    /// binds it there) with `auth/token/lookup-self`.
+    pub async fn working_token(&self, pod: &Pod) -> anyhow::Result<PodToken> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .with_context(|| format!("pod {name} has no IP"))?;
+        let token = self.pod_token(pod)?;
+        let client = reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>()?)
+            .tls_certs_only(Vec::new())
+            .build()?;
+        let resp = client
+            .get(format!("{}/v1/auth/token/lookup-self", self.vault_url))
+            .header("X-Vault-Token", &token)
+            .send()
+            .await?;
+        if resp.status() != 200 {
+            bail!(
+                "pod {name}: its token does not work from {ip}: {}",
+                resp.status()
+            );
+        }
+        let body: Value = resp.json().await?;
+        let accessor = body["data"]["accessor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(PodToken {
+            ip,
+            token,
+            accessor,
+        })
     }
 
     /// Events (events.k8s.io/v1) about a pod, as (reason, note) pairs.

@@ -149,9 +149,11 @@ async fn annotated_pod_gets_a_working_token_bound_to_its_own_address() {
 async fn malformed_annotation_gets_an_event_and_no_vault_call() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    // Injected for a valid spec, then the user's typo added: what a stale webhook would let through.
+    // Injected for a valid spec, then the user's typo added: what a stale webhook would let
+    // through (the webhook leaves injected pods as they are).
     let mut pod = stack
-        .pod("typo-0", json!({"vault-approle.io/role": ROLE}))
+        .injected_pod("typo-0", json!({"vault-approle.io/role": ROLE}))
+        .await
         .expect("pod");
     pod.metadata
         .annotations
@@ -236,7 +238,8 @@ async fn pod_deleted_during_delivery_gets_its_secret_id_destroyed() {
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     // The init container listens on another port than the annotation says, so pushes never land.
     let mut pod = stack
-        .pod("gone-0", json!({"vault-approle.io/role": ROLE}))
+        .injected_pod("gone-0", json!({"vault-approle.io/role": ROLE}))
+        .await
         .expect("pod");
     let spec = pod.spec.as_mut().expect("spec");
     let init = &mut spec.init_containers.as_mut().expect("inits")[0];

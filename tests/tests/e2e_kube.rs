@@ -151,8 +151,11 @@ async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_m
             .expect("cm");
         cms.create(&Default::default(), &cm).await.expect("churn");
     }
+    // Injected here: the frozen controller cannot answer admission, and injected pods are not
+    // sent to the webhook.
     let late = stack
-        .pod("late-0", json!({"vault-approle.io/role": ROLE}))
+        .injected_pod("late-0", json!({"vault-approle.io/role": ROLE}))
+        .await
         .expect("pod");
     stack.create(&late).await.expect("create");
     controller.signal("CONT");

@@ -1,7 +1,9 @@
 //! `approle-sandbox`: the whole system on one machine, in one command.
 //!
 //! Starts vault-dev and kube-dev, configures Vault (AppRole mount, policies, role `web`, the
-//! controller's token), runs the real approle-controller, creates `--pods` annotated pods, waits until
+//! controller's token), runs the real approle-controller, registers a MutatingWebhookConfiguration
+//! in kube-dev that calls the controller's webhook (`https://127.0.0.1:<port>/mutate`, caBundle
+//! kept by the controller), creates `--pods` plain annotated pods (the webhook injects them), waits until
 //! every pod holds a token that works from its own address, prints a table and exits 0. With
 //! `--keep` it stays up and prints the `export` lines to explore with kubectl and Vault clients.
 
@@ -107,50 +109,15 @@ async fn main() -> anyhow::Result<()> {
 /// Waits for a pod's delivery and proves its token works from the pod's own address.
 async fn verify(stack: &Stack, name: &str, timeout: Duration) -> anyhow::Result<Row> {
     let pod = stack
-        .wait_pod(name, "token delivered", timeout, |p| {
-            annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
-        })
+        .wait_pod(name, "token delivered", timeout, harness::delivered)
         .await?;
-    let ip = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .context("delivered pod has no IP")?;
-    let token = stack.pod_token(&pod)?;
-    let client = reqwest::Client::builder()
-        .local_address(ip.parse::<std::net::IpAddr>()?)
-        .tls_certs_only(Vec::new())
-        .build()?;
-    let resp = client
-        .get(format!("{}/v1/auth/token/lookup-self", stack.vault_url))
-        .header("X-Vault-Token", &token)
-        .send()
-        .await?;
-    if resp.status() != 200 {
-        bail!(
-            "pod {name}: its token does not work from {ip}: {}",
-            resp.status()
-        );
-    }
-    let body: serde_json::Value = resp.json().await?;
-    let accessor = body["data"]["accessor"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let proven = stack.working_token(&pod).await?;
     Ok(Row {
         name: name.to_owned(),
-        ip,
-        accessor,
+        ip: proven.ip,
+        accessor: proven.accessor,
         init_to_token: init_to_token(stack, &pod),
     })
-}
-
-fn annotation(p: &Pod, key: &str) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .cloned()
 }
 
 /// From the init container's start (its first log line, microsecond timestamps) to the token
