@@ -187,6 +187,14 @@ pub struct Args {
     /// Log format: plain or json.
     #[arg(long, env = "APPROLE_CONTROLLER_LOG_FORMAT", default_value = "plain")]
     pub log_format: LogFormat,
+
+    /// Admin port (plain HTTP): `/metrics` (Prometheus), `/healthz`, `/readyz`.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_listen: std::net::SocketAddr,
 }
 
 /// Where the TLS material comes from.

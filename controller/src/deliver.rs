@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
 
+use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
 use crate::push::{PushClient, PushFailure};
 
@@ -82,6 +84,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Settings.
     pub settings: Settings,
+    /// Metrics and readiness.
+    pub admin: Arc<Admin>,
     role_ids: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pod UID, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -98,6 +102,7 @@ impl Context {
         push: PushClient,
         recorder: Recorder,
         settings: Settings,
+        admin: Arc<Admin>,
     ) -> Self {
         Self {
             client,
@@ -106,6 +111,7 @@ impl Context {
             push,
             recorder,
             settings,
+            admin,
             role_ids: Mutex::default(),
             failures: Mutex::default(),
             unrecorded: Mutex::default(),
@@ -131,6 +137,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         }
         Decision::Invalid(errors) => {
             warn!(%errors, "invalid annotations; not delivering");
+            ctx.admin.metrics.invalid_annotations.inc();
             publish(
                 &ctx,
                 &pod,
@@ -187,13 +194,23 @@ async fn deliver(
     pod_ip: IpAddr,
 ) -> Result<Action, Error> {
     let role = spec.role.as_str();
+    let started = Instant::now();
     let token = match read_token(&ctx.settings.token_file).await {
-        Ok(t) => t,
-        Err(e) => return fail(ctx, pod, e).await,
+        Ok(t) => {
+            ctx.admin.ready.vault_token.store(true, Ordering::Relaxed);
+            t
+        }
+        Err(e) => {
+            ctx.admin.ready.vault_token.store(false, Ordering::Relaxed);
+            return fail(ctx, pod, e).await;
+        }
     };
     let role_id = match role_id(ctx, &token, role).await {
         Ok(id) => id,
-        Err(e) => return fail(ctx, pod, describe_vault_error(&e, role)).await,
+        Err(e) => {
+            ctx.admin.metrics.vault_errors.inc();
+            return fail(ctx, pod, describe_vault_error(&e, role)).await;
+        }
     };
     let request = secret_id_request(pod, pod_ip, &ctx.settings);
     let mut last_failure = String::new();
@@ -204,8 +221,12 @@ async fn deliver(
             .await
         {
             Ok(w) => w,
-            Err(e) => return fail(ctx, pod, describe_vault_error(&e, role)).await,
+            Err(e) => {
+                ctx.admin.metrics.vault_errors.inc();
+                return fail(ctx, pod, describe_vault_error(&e, role)).await;
+            }
         };
+        ctx.admin.metrics.secret_ids_minted.inc();
         debug!(secret_id_accessor = %wrapped.secret_id_accessor, "minted wrapped secret_id");
         let push = PushRequest {
             pod_uid: pod.uid().unwrap_or_default(),
@@ -217,11 +238,23 @@ async fn deliver(
         let margin = (ctx.settings.wrap_ttl / 4).min(Duration::from_secs(5));
         let deadline = Instant::now() + Duration::from_secs(wrapped.ttl).saturating_sub(margin);
         let outcome = push_until(ctx, pod, pod_ip, spec.port, &push, deadline).await;
-        if !matches!(outcome, PushOutcome::Delivered(_)) {
-            destroy(ctx, &token, role, &wrapped.secret_id_accessor).await;
+        let why = match &outcome {
+            PushOutcome::Delivered(_) => None,
+            PushOutcome::AlreadyDelivered => Some("already_delivered"),
+            PushOutcome::WrapExpired(_) => Some("wrap_expired"),
+            PushOutcome::PodGone => Some("pod_gone"),
+            PushOutcome::Refused(_) => Some("refused"),
+        };
+        if let Some(why) = why {
+            destroy(ctx, &token, role, &wrapped.secret_id_accessor, why).await;
         }
         match outcome {
             PushOutcome::Delivered(resp) => {
+                ctx.admin.metrics.outcome("delivered");
+                ctx.admin
+                    .metrics
+                    .delivery_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 lock(&ctx.failures).remove(&pod.uid().unwrap_or_default());
                 info!(token_accessor = %resp.token_accessor, lease_duration = resp.lease_duration, "delivered");
                 lock(&ctx.unrecorded)
@@ -242,11 +275,13 @@ async fn deliver(
                 return Ok(Action::await_change());
             }
             PushOutcome::AlreadyDelivered => {
+                ctx.admin.metrics.outcome("already_delivered");
                 info!("init container already holds a delivery");
                 record_delivery(ctx, pod, None).await?;
                 return Ok(Action::await_change());
             }
             PushOutcome::PodGone => {
+                ctx.admin.metrics.outcome("pod_gone");
                 debug!("pod went away or moved on during delivery");
                 return Ok(Action::await_change());
             }
@@ -373,7 +408,14 @@ fn describe_vault_error(e: &VaultError, role: &str) -> String {
     }
 }
 
-async fn destroy(ctx: &Context, token: &ClientToken, role: &str, accessor: &str) {
+async fn destroy(
+    ctx: &Context,
+    token: &ClientToken,
+    role: &str,
+    accessor: &str,
+    why: &'static str,
+) {
+    ctx.admin.metrics.destroyed(why);
     match ctx
         .vault
         .destroy_secret_id_by_accessor(token, &ctx.settings.mount, role, accessor)
@@ -394,6 +436,7 @@ async fn destroy(ctx: &Context, token: &ClientToken, role: &str, accessor: &str)
 
 /// A failed attempt: Event, log, and a requeue with exponential backoff (1 s doubling to 5 min).
 async fn fail(ctx: &Context, pod: &Pod, message: String) -> Result<Action, Error> {
+    ctx.admin.metrics.outcome("failed");
     let uid = pod.uid().unwrap_or_default();
     let n = {
         let mut failures = lock(&ctx.failures);

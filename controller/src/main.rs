@@ -12,12 +12,13 @@
 //!                  ─▶ annotate pod + Event
 //! ```
 //!
-//! Modules: [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
+//! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`push`] (the mTLS
 //! push client).
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod args;
 mod certs;
 mod decide;
@@ -26,6 +27,7 @@ mod push;
 mod webhook;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -92,6 +94,18 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("setting up TLS")?;
     tokio::spawn(started.certs.run());
+    let admin = Arc::new(admin::Admin::default());
+    admin.ready.certificates.store(true, Ordering::Relaxed);
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin port to {}", args.admin_listen))?;
+    info!(addr = %admin_listener.local_addr()?, "admin port listening (/metrics, /healthz, /readyz)");
+    let admin_router = admin::router(admin.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin_router).await {
+            error!(error = %e, "admin server stopped");
+        }
+    });
 
     let listener = std::net::TcpListener::bind(args.webhook_listen)
         .with_context(|| format!("binding the webhook to {}", args.webhook_listen))?;
@@ -132,6 +146,32 @@ async fn main() -> anyhow::Result<()> {
         // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;
         // a second one aborts.
         .shutdown_on_signal();
+    let store = controller.store();
+    let synced = admin.clone();
+    tokio::spawn(async move {
+        // kube's store readiness is a oneshot that wakes only its most recent waiter, and the
+        // controller's own applier waits on it too: poll again each second instead of waiting once
+        // (a fresh wait returns at once after the first full list).
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    info!("pod watch synced");
+                    synced.ready.watch_synced.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "pod watch never synced");
+                    return;
+                }
+                Err(_) => continue,
+            }
+        }
+    });
+    // Ready as soon as the token can be read; deliveries keep this current afterwards.
+    admin.ready.vault_token.store(
+        std::fs::read_to_string(&args.vault_token_file).is_ok_and(|t| !t.trim().is_empty()),
+        Ordering::Relaxed,
+    );
     let ctx = Arc::new(deliver::Context::new(
         client,
         controller.store(),
@@ -145,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
             wrap_ttl: args.wrap_ttl,
             max_mints: args.max_mints,
         },
+        admin,
     ));
     info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
     controller

@@ -197,6 +197,14 @@ impl Proc {
         let _ = self.child.start_kill();
     }
 
+    /// The `addr=` of the last output line containing `marker` (servers log where they listen).
+    pub fn logged_addr(&self, marker: &str) -> Option<String> {
+        self.output()
+            .lines()
+            .rfind(|l| l.contains(marker))
+            .and_then(|l| ready_field(l, "addr"))
+    }
+
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -543,6 +551,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
             .env("APPROLE_CONTROLLER_POD_NAMESPACE", CONTROLLER_NAMESPACE)
             // Port 0: the webhook's address is read from the controller's log.
             .env("APPROLE_CONTROLLER_WEBHOOK_LISTEN", "127.0.0.1:0")
+            .env("APPROLE_CONTROLLER_ADMIN_LISTEN", "127.0.0.1:0")
             .env("APPROLE_CONTROLLER_WEBHOOK_EXTRA_SAN", "127.0.0.1")
             .env("APPROLE_CONTROLLER_WEBHOOK_CONFIG_NAME", WEBHOOK_CONFIG)
             .env("APPROLE_CONTROLLER_INIT_IMAGE", INIT_IMAGE)
@@ -571,12 +580,8 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         )
         .await?;
         let listening = wait_for("the controller's webhook", Duration::from_secs(30), || {
-            let out = proc.output();
-            async move {
-                out.lines()
-                    .rfind(|l| l.contains("webhook listening"))
-                    .and_then(|l| ready_field(l, "addr"))
-            }
+            let addr = proc.logged_addr("webhook listening");
+            async move { addr }
         })
         .await
         .with_context(|| format!("controller output:\n{}", proc.output()));
@@ -712,6 +717,15 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
         self.kube_client
             .clone()
             .expect("this stack was started without kube-dev")
+    }
+
+    /// Base URL of controller `i`'s admin port (metrics, health, readiness).
+    pub fn admin_url(&self, i: usize) -> Option<String> {
+        let addr = self
+            .controllers
+            .get(i)?
+            .logged_addr("admin port listening")?;
+        Some(format!("http://{addr}"))
     }
 
     /// Pods in `default`.

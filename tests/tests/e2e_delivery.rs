@@ -269,3 +269,58 @@ async fn pod_deleted_during_delivery_gets_its_secret_id_destroyed() {
     .await
     .expect("destroyed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_reports_readiness_and_counts_deliveries_and_failures() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let admin = stack.admin_url(0).expect("admin port logged");
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("{admin}{path}");
+        async move {
+            let resp = http.get(url).send().await.ok()?;
+            Some((resp.status().as_u16(), resp.text().await.ok()?))
+        }
+    };
+    assert_eq!(get("/healthz").await.map(|r| r.0), Some(200));
+    harness::wait_for("/readyz to answer 200", DELIVERY, || async {
+        get("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await
+    .expect("ready");
+
+    let good = stack
+        .pod("metrics-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&good).await.expect("create");
+    let bad = stack
+        .pod("metrics-1", json!({"vault-approle.io/role": "nosuch"}))
+        .expect("pod");
+    stack.create(&bad).await.expect("create");
+    let pod = stack
+        .wait_pod("metrics-0", "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    stack
+        .wait_event("metrics-1", "DeliveryFailed", DELIVERY)
+        .await
+        .expect("DeliveryFailed");
+    let (status, text) = harness::wait_for("metrics to count both outcomes", DELIVERY, || async {
+        get("/metrics").await.filter(|(_, t)| {
+            t.contains("approle_deliveries_total{outcome=\"delivered\"} 1")
+                && t.contains("approle_deliveries_total{outcome=\"failed\"}")
+        })
+    })
+    .await
+    .expect("metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("approle_secret_ids_minted_total 1"), "{text}");
+    assert!(
+        text.contains("approle_delivery_duration_seconds_count 1"),
+        "{text}"
+    );
+    let token = stack.pod_token(&pod).expect("token");
+    assert!(!text.contains(&token), "metrics must never carry a token");
+}

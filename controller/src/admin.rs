@@ -1,0 +1,225 @@
+//! The admin port: Prometheus metrics, `/healthz` and `/readyz`.
+//!
+//! Labels carry only bounded, non-secret values (outcomes and reasons), never a role, pod or
+//! credential, so a metric can neither leak a secret nor explode in cardinality.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Outcome label of a delivery attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `delivered`, `already_delivered`, `failed`, `pod_gone`.
+    pub outcome: &'static str,
+}
+
+/// Reason label of a destroyed secret_id.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`.
+    pub reason: &'static str,
+}
+
+/// All metrics of the controller.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Delivery attempts by outcome.
+    pub deliveries: Family<Outcome, Counter>,
+    /// Wrapped secret_ids minted.
+    pub secret_ids_minted: Counter,
+    /// Unused secret_ids destroyed, by reason.
+    pub secret_ids_destroyed: Family<Reason, Counter>,
+    /// Pods refused for malformed annotations.
+    pub invalid_annotations: Counter,
+    /// Failed Vault calls.
+    pub vault_errors: Counter,
+    /// Seconds from the decision to deliver until the init container confirmed.
+    pub delivery_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("approle");
+        let deliveries = Family::<Outcome, Counter>::default();
+        let secret_ids_minted = Counter::default();
+        let secret_ids_destroyed = Family::<Reason, Counter>::default();
+        let invalid_annotations = Counter::default();
+        let vault_errors = Counter::default();
+        // 1 ms to ~16 s: a delivery is tens of milliseconds when all is well.
+        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // Counter names get `_total` appended by the encoder (prometheus-client panics in debug
+        // builds if a counter's name already ends in it).
+        registry.register(
+            "deliveries",
+            "Delivery attempts by outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "secret_ids_minted",
+            "Wrapped secret_ids minted",
+            secret_ids_minted.clone(),
+        );
+        registry.register(
+            "secret_ids_destroyed",
+            "Unused secret_ids destroyed, by reason",
+            secret_ids_destroyed.clone(),
+        );
+        registry.register(
+            "invalid_annotations",
+            "Pods refused for malformed vault-approle.io annotations",
+            invalid_annotations.clone(),
+        );
+        registry.register("vault_errors", "Failed Vault calls", vault_errors.clone());
+        registry.register(
+            "delivery_duration_seconds",
+            "From the decision to deliver until the init container confirmed",
+            delivery_seconds.clone(),
+        );
+        Self {
+            registry,
+            deliveries,
+            secret_ids_minted,
+            secret_ids_destroyed,
+            invalid_annotations,
+            vault_errors,
+            delivery_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a delivery outcome.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.deliveries.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts a destroyed secret_id.
+    pub fn destroyed(&self, reason: &'static str) {
+        self.secret_ids_destroyed
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What `/readyz` waits for.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The pod watch has listed once.
+    pub watch_synced: AtomicBool,
+    /// The controller's Vault token could be read.
+    pub vault_token: AtomicBool,
+    /// Push (and webhook) certificates are loaded.
+    pub certificates: AtomicBool,
+}
+
+impl Readiness {
+    /// Which conditions are not met yet.
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            (&self.watch_synced, "pod watch not synced"),
+            (&self.vault_token, "Vault token not readable"),
+            (&self.certificates, "certificates not loaded"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
+        .map(|(_, what)| what)
+        .collect()
+    }
+}
+
+/// Shared state of the admin server.
+#[derive(Debug, Default)]
+pub struct Admin {
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness conditions.
+    pub ready: Readiness,
+}
+
+/// The admin router.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(admin)
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.metrics.render(),
+    )
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    let missing = admin.ready.missing();
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", missing.join(", ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_counters_with_total_suffix_and_labels() {
+        let m = Metrics::default();
+        m.outcome("delivered");
+        m.outcome("delivered");
+        m.destroyed("wrap_expired");
+        m.secret_ids_minted.inc();
+        let text = m.render();
+        assert!(
+            text.contains("approle_deliveries_total{outcome=\"delivered\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approle_secret_ids_destroyed_total{reason=\"wrap_expired\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("approle_secret_ids_minted_total 1"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let r = Readiness::default();
+        assert_eq!(r.missing().len(), 3);
+        r.watch_synced.store(true, Ordering::Relaxed);
+        r.vault_token.store(true, Ordering::Relaxed);
+        assert_eq!(r.missing(), vec!["certificates not loaded"]);
+        r.certificates.store(true, Ordering::Relaxed);
+        assert!(r.missing().is_empty());
+    }
+}
