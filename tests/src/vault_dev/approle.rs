@@ -187,7 +187,7 @@ impl AppRoleBackend {
     }
 }
 
-fn valid_role_name(name: &str) -> bool {
+pub(super) fn valid_role_name(name: &str) -> bool {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let chars: Vec<char> = name.chars().collect();
     match chars.as_slice() {
@@ -612,7 +612,8 @@ fn parse_metadata(input: &str) -> Result<BTreeMap<String, String>, Fail> {
     Ok(out)
 }
 
-fn unknown_params_warning(req: &Req, known: &[&str]) -> Option<String> {
+/// The framework's warning about body parameters the endpoint does not know.
+pub(super) fn unknown_params_warning(req: &Req, known: &[&str]) -> Option<String> {
     let mut unknown: Vec<&str> = req
         .data
         .keys()
@@ -815,7 +816,7 @@ fn login(st: &mut State, req: &Req, mount: &str) -> HResult {
     params.bound_cidrs = ok.token_bound_cidrs;
     params.path = format!("auth/{mount}login");
     params.display_name = "approle".into();
-    params.approle = Some((mount.to_string(), ok.role_name));
+    params.login_role = Some((mount.to_string(), ok.role_name));
     let tok = st.tokens.create(params, now);
     let warnings = unknown_params_warning(req, &["role_id", "secret_id"])
         .into_iter()

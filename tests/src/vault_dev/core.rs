@@ -23,7 +23,7 @@ use super::audit::{Audit, AuditEntry};
 use super::policy::{self, cap};
 use super::state::{REVOCATION_PENDING, State, TokenParams, Wrapped};
 use super::wire::{AuthOut, Envelope, WrapInfo, errors_body, multierror};
-use super::{approle, sys, token, util};
+use super::{approle, kubernetes, sys, token, util};
 
 /// Logical operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,9 @@ pub struct Req {
     pub wrap_ttl: Option<i64>,
     /// Request time.
     pub now: Timestamp,
+    /// The TokenReview made for a Kubernetes login before the state was locked (see
+    /// [`Core::handle_async`]).
+    pub kube_review: Option<kubernetes::ReviewOutcome>,
 }
 
 impl Req {
@@ -207,6 +210,8 @@ pub enum Target {
     Token(String),
     /// An AppRole mount: (mount key with slash, rest).
     AppRole(String, String),
+    /// A Kubernetes auth mount: (mount key with slash, rest).
+    Kubernetes(String, String),
     /// A KV mount: (mount key with slash, rest).
     Kv(String, String),
     /// No mount.
@@ -219,6 +224,7 @@ impl Target {
             Target::Sys(_) => "system",
             Target::Token(_) => "token",
             Target::AppRole(..) => "approle",
+            Target::Kubernetes(..) => "kubernetes",
             Target::Kv(..) => "kv",
             Target::Nothing => "",
         }
@@ -253,6 +259,14 @@ pub fn target(st: &State, path: &str) -> Target {
     }
     if let Some(rest) = path.strip_prefix("auth/") {
         return match longest_mount(&st.auth_mounts, rest) {
+            Some((k, sub))
+                if st
+                    .auth_mounts
+                    .get(k)
+                    .is_some_and(|m| m.info.kind == "kubernetes") =>
+            {
+                Target::Kubernetes(k.clone(), sub)
+            }
             Some((k, sub)) => Target::AppRole(k.clone(), sub),
             None => Target::Nothing,
         };
@@ -271,7 +285,7 @@ fn unauthenticated(t: &Target) -> bool {
                 "health" | "seal-status" | "unseal" | "wrapping/lookup" | "leader" | "init"
             ) || r.starts_with("internal/ui/mounts/")
         }
-        Target::AppRole(_, r) => r == "login",
+        Target::AppRole(_, r) | Target::Kubernetes(_, r) => r == "login",
         _ => false,
     }
 }
@@ -354,7 +368,28 @@ impl Core {
         &self.audit
     }
 
-    /// Serve one request.
+    /// Serve one request, first making the network calls it needs without holding the lock:
+    /// a Kubernetes login whose local checks pass gets its TokenReview here.
+    pub async fn handle_async(&self, mut req: Req) -> HttpOut {
+        let plan = {
+            let st = self.lock();
+            match target(&st, &req.path) {
+                Target::Kubernetes(m, rest)
+                    if !st.sealed && rest == "login" && req.op == Op::Update =>
+                {
+                    kubernetes::plan_login(&st, &req, &m)
+                }
+                _ => None,
+            }
+        };
+        if let Some(plan) = plan {
+            req.kube_review = Some(kubernetes::review(plan).await);
+        }
+        self.handle(req)
+    }
+
+    /// Serve one request (everything under the lock; a Kubernetes login must come through
+    /// [`Core::handle_async`] to be reviewed).
     pub fn handle(&self, req: Req) -> HttpOut {
         let mut accessor = String::new();
         let mut op_name = op_label(req.op);
@@ -581,6 +616,7 @@ fn audit_error(body: &str) -> Option<String> {
 fn exists(st: &State, tgt: &Target) -> Option<bool> {
     match tgt {
         Target::AppRole(m, rest) => st.auth_mounts.get(m)?.approle.exists(rest),
+        Target::Kubernetes(m, rest) => st.auth_mounts.get(m)?.kubernetes.exists(rest),
         Target::Kv(m, rest) => st.secret_mounts.get(m)?.kv.exists(rest),
         _ => None,
     }
@@ -591,6 +627,7 @@ fn dispatch(st: &mut State, req: &Req, tgt: &Target, caller: Option<&Caller>) ->
         Target::Sys(rest) => sys::handle(st, req, rest, caller),
         Target::Token(rest) => token::handle(st, req, rest, caller),
         Target::AppRole(m, rest) => approle::handle(st, req, m, rest),
+        Target::Kubernetes(m, rest) => kubernetes::handle(st, req, m, rest),
         Target::Kv(m, rest) => {
             let mount = st
                 .secret_mounts

@@ -34,7 +34,7 @@ pub async fn serve(
     let namespace = parts.headers.get("x-vault-namespace").cloned();
     let out = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => match parse(&parts.method, &parts.uri, &parts.headers, &bytes, peer.ip()) {
-            Ok(req) => core.handle(req),
+            Ok(req) => core.handle_async(req).await,
             Err(out) => out,
         },
         Err(_) => HttpOut::fail(&Fail::new(413, "http: request body too large")),
@@ -274,6 +274,7 @@ pub fn parse(
         remote,
         wrap_ttl,
         now: Timestamp::now(),
+        kube_review: None,
     })
 }
 

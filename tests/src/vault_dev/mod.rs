@@ -2,8 +2,10 @@
 //! endpoints approle-injector uses (see the project's `vault-api.md`).
 //!
 //! ```text
-//!  client ──HTTP(S)──▶ http::serve ──Req──▶ core::Core::handle ──▶ sys / token / approle / kv
-//!                                               │   (one Mutex<State>, never held across .await)
+//!  client ──HTTP(S)──▶ http::serve ──Req──▶ core::Core::handle_async ──▶ sys / token / approle /
+//!                                               │                      kubernetes / kv
+//!                                               │   (one Mutex<State>, never held across .await;
+//!                                               │    a Kubernetes login's TokenReview runs unlocked)
 //!                                               └──▶ audit (memory + optional JSON-lines file)
 //! ```
 //!
@@ -20,11 +22,12 @@
 //!
 //! Implemented: sys/health, seal-status, seal/unseal, auth and secret mounts, ACL policies with
 //! enforcement, AppRole (roles, role-id, secret-id generate/lookup/destroy/list, login with CIDR
-//! checks and use counts), response wrapping of any response (lookup/unwrap/rewrap/wrap), the
+//! checks and use counts), Kubernetes auth (config, roles, login validated by a real TokenReview
+//! against the configured `kubernetes_host`, e.g. kube-dev), response wrapping of any response (lookup/unwrap/rewrap/wrap), the
 //! token store (create/lookup/renew/revoke by token, self and accessor) and KV v1/v2.
 //!
 //! Known deviations from real Vault (deliberate or not yet needed):
-//! * no Kubernetes (or any other) auth method besides AppRole and tokens; no namespaces
+//! * no auth methods besides AppRole, Kubernetes and tokens; no namespaces
 //!   (`X-Vault-Namespace` is echoed and ignored, as CE does), no cubbyhole/identity endpoints;
 //! * expired secret IDs are refused at expiry (real Vault refuses them once tidied, ~60 s later,
 //!   with the same `400 invalid role or secret ID`);
@@ -32,12 +35,19 @@
 //!   tokens are stored server side;
 //! * timestamps are UTC (`Z`); bad-JSON error texts approximate Go's decoder messages;
 //! * `token_period`, `explicit_max_ttl`, CIDR checks, use counts and the 5-failure AppRole lockout
-//!   are modelled; leases, tidy, per-field role endpoints, token roles and `sys/leases` are not.
+//!   are modelled; leases, tidy, per-field role endpoints, token roles and `sys/leases` are not;
+//! * Kubernetes auth: every rejection after the role lookup (bad or garbage JWT, issuer, audience,
+//!   service account name/namespace not bound, TokenReview refusal, CIDR) is `403 permission
+//!   denied` as vault-api.md §8 states (the current plugin words some of them differently, e.g.
+//!   `service account name not authorized`); `pem_keys` are stored but signatures are only checked
+//!   by the TokenReview; no namespace selectors, alias metadata from annotations or local
+//!   in-pod CA/JWT defaults (vault-dev never runs in a pod).
 
 mod approle;
 mod audit;
 mod core;
 mod http;
+mod kubernetes;
 mod kv;
 mod policy;
 mod state;

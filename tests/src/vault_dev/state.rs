@@ -11,6 +11,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use super::approle::AppRoleBackend;
+use super::kubernetes::KubernetesBackend;
 use super::kv::KvBackend;
 use super::policy::{self, Policy};
 use super::util;
@@ -79,8 +80,9 @@ pub struct Token {
     pub entity_id: String,
     /// CIDRs the token may be used from.
     pub bound_cidrs: Vec<String>,
-    /// AppRole (mount path, role name) that issued it, for renewals.
-    pub approle: Option<(String, String)>,
+    /// Auth mount (path with slash) and role (AppRole or Kubernetes) that issued it, for
+    /// renewals.
+    pub login_role: Option<(String, String)>,
     /// Response stored for a wrapping token.
     pub wrap: Option<Arc<Wrapped>>,
     /// Last renewal.
@@ -157,8 +159,8 @@ pub struct TokenParams {
     pub entity_id: String,
     /// Bound CIDRs.
     pub bound_cidrs: Vec<String>,
-    /// Issuing AppRole.
-    pub approle: Option<(String, String)>,
+    /// Issuing auth mount and role.
+    pub login_role: Option<(String, String)>,
 }
 
 /// Token store with an accessor index.
@@ -341,7 +343,7 @@ impl Tokens {
             batch: p.batch,
             entity_id: p.entity_id,
             bound_cidrs: p.bound_cidrs,
-            approle: p.approle,
+            login_role: p.login_role,
             wrap: None,
             last_renewal: None,
         };
@@ -371,13 +373,16 @@ pub struct MountInfo {
     pub options: Option<BTreeMap<String, String>>,
 }
 
-/// Auth mounts: the token store is implicit; AppRole mounts carry their backend.
+/// Auth mounts: the token store is implicit. `info.kind` says which backend serves the mount
+/// (`approle` or `kubernetes`); the other one stays empty.
 #[derive(Debug)]
 pub struct AuthMount {
     /// Mount table info.
     pub info: MountInfo,
     /// The AppRole backend.
     pub approle: AppRoleBackend,
+    /// The Kubernetes backend.
+    pub kubernetes: KubernetesBackend,
 }
 
 /// Secret mounts.
@@ -450,7 +455,7 @@ impl State {
             batch: false,
             entity_id: String::new(),
             bound_cidrs: Vec::new(),
-            approle: None,
+            login_role: None,
             wrap: None,
             last_renewal: None,
         });

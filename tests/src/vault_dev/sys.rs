@@ -11,6 +11,7 @@ use super::approle::AppRoleBackend;
 use super::core::{
     Caller, Fail, HResult, Op, Outcome, Req, Resp, live_wrapping, wrapping_token_of,
 };
+use super::kubernetes::KubernetesBackend;
 use super::kv::KvBackend;
 use super::policy;
 use super::state::{AuthMount, MountInfo, SecretMount, State, TokenParams, Wrapped};
@@ -184,7 +185,7 @@ fn unseal(st: &mut State, req: &Req) -> HResult {
 }
 
 fn mount_entry(info: &MountInfo, local: bool) -> Value {
-    let auth = matches!(info.kind.as_str(), "approle" | "token");
+    let auth = matches!(info.kind.as_str(), "approle" | "kubernetes" | "token");
     let mut config = json!({
         "default_lease_ttl": 0,
         "force_no_cache": false,
@@ -308,7 +309,7 @@ fn auth_mount(st: &mut State, req: &Req, path: &str) -> HResult {
             if in_use(st, &key, true) {
                 return Err(Fail::bad(format!("path is already in use at {key}")));
             }
-            if kind != "approle" {
+            if kind != "approle" && kind != "kubernetes" {
                 return Err(Fail::bad(format!(
                     "plugin not found in the catalog: {kind}"
                 )));
@@ -322,13 +323,14 @@ fn auth_mount(st: &mut State, req: &Req, path: &str) -> HResult {
                 key,
                 AuthMount {
                     info: MountInfo {
-                        kind,
+                        kind: kind.clone(),
                         description,
-                        accessor: format!("auth_approle_{}", &util::uuid()[..8]),
+                        accessor: format!("auth_{kind}_{}", &util::uuid()[..8]),
                         uuid: util::uuid(),
                         options: (!options.is_empty()).then_some(options),
                     },
                     approle: AppRoleBackend::default(),
+                    kubernetes: KubernetesBackend::default(),
                 },
             );
             Ok(Outcome::NoContent)

@@ -278,29 +278,38 @@ fn renew(st: &mut State, req: &Req, id: &str) -> HResult {
         Some(v) => util::field_duration("increment", v)?,
         None => 0,
     };
-    let approle = match st.tokens.live(id, now) {
+    let login_role = match st.tokens.live(id, now) {
         None => return Err(Fail::bad("token not found")),
         Some(t) if t.batch => return Err(Fail::bad("batch tokens cannot be renewed")),
         Some(t) if t.expire.is_none() || !t.renewable => {
             return Err(Fail::bad("lease is not renewable"));
         }
-        Some(t) => t.approle.clone(),
+        Some(t) => t.login_role.clone(),
     };
     let mut base_ttl = None;
-    if let Some((mount, role)) = approle {
-        let ttls = st
-            .auth_mounts
-            .get(&mount)
-            .and_then(|m| m.approle.role_ttls(&role));
+    if let Some((mount, role)) = login_role {
+        // The issuing backend re-reads the role; its TTL is the renewal's base.
+        let m = st.auth_mounts.get(&mount);
+        let kubernetes = m.is_some_and(|m| m.info.kind == "kubernetes");
+        let ttls = m.and_then(|m| {
+            if kubernetes {
+                m.kubernetes.role_ttls(&role)
+            } else {
+                m.approle.role_ttls(&role)
+            }
+        });
         match ttls {
             Some((ttl, _)) => base_ttl = Some(if ttl > 0 { ttl } else { SYS_DEFAULT_TTL }),
             None => {
+                // The Kubernetes plugin formats the name with %s, AppRole with %q.
+                let name = if kubernetes {
+                    role.clone()
+                } else {
+                    util::go_quote(&role)
+                };
                 return Err(Fail::multi(
                     500,
-                    &format!(
-                        "failed to renew entry: role {} does not exist during renewal",
-                        util::go_quote(&role)
-                    ),
+                    &format!("failed to renew entry: role {name} does not exist during renewal"),
                 ));
             }
         }
