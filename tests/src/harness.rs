@@ -623,7 +623,7 @@ path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"
                 "operator": "NotIn", "values": [CONTROLLER_NAMESPACE, "kube-system"]}]},
             "matchConditions": [
                 {"name": "opted-in", "expression":
-                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault-approle.io/'))"},
+                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault') || k.contains('approle'))"},
                 // The webhook leaves injected pods as they are: no need to call it for them.
                 {"name": "not-injected", "expression":
                     "!has(object.spec.initContainers) || !object.spec.initContainers.exists(c, c.name == 'vault-approle-init')"},

@@ -161,6 +161,14 @@ async fn invalid_annotations_are_refused_at_admission_with_a_message_naming_the_
             ],
         ),
         (
+            "prefix-0",
+            json!({"vault-aprole.io/role": ROLE}),
+            &[
+                "vault-aprole.io/role",
+                "did you mean \"vault-approle.io/role\"",
+            ],
+        ),
+        (
             "port-0",
             json!({"vault-approle.io/role": ROLE, "vault-approle.io/port": "http"}),
             &["vault-approle.io/port", "1 to 65535"],
