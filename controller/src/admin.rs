@@ -46,6 +46,8 @@ pub struct Metrics {
     pub invalid_annotations: Counter,
     /// Failed Vault calls.
     pub vault_errors: Counter,
+    /// Tokens revoked because their pod was deleted.
+    pub tokens_revoked: Counter,
     /// Seconds from the decision to deliver until the init container confirmed.
     pub delivery_seconds: Histogram,
 }
@@ -58,6 +60,7 @@ impl Default for Metrics {
         let secret_ids_destroyed = Family::<Reason, Counter>::default();
         let invalid_annotations = Counter::default();
         let vault_errors = Counter::default();
+        let tokens_revoked = Counter::default();
         // 1 ms to ~16 s: a delivery is tens of milliseconds when all is well.
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         // Counter names get `_total` appended by the encoder (prometheus-client panics in debug
@@ -84,6 +87,11 @@ impl Default for Metrics {
         );
         registry.register("vault_errors", "Failed Vault calls", vault_errors.clone());
         registry.register(
+            "tokens_revoked",
+            "Tokens revoked because their pod was deleted",
+            tokens_revoked.clone(),
+        );
+        registry.register(
             "delivery_duration_seconds",
             "From the decision to deliver until the init container confirmed",
             delivery_seconds.clone(),
@@ -95,6 +103,7 @@ impl Default for Metrics {
             secret_ids_destroyed,
             invalid_annotations,
             vault_errors,
+            tokens_revoked,
             delivery_seconds,
         }
     }

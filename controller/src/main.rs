@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
-//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`push`] (the mTLS
+//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`push`] (the mTLS
 //! push client).
 
 #![forbid(unsafe_code)]
@@ -24,6 +24,7 @@ mod certs;
 mod decide;
 mod deliver;
 mod push;
+mod revoke;
 mod webhook;
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -141,6 +142,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Only our pods: the cache holds what the webhook labelled, not every pod of the cluster.
     let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
+    tokio::spawn(revoke::run(
+        watcher::watcher(pods.clone(), watch.clone()).default_backoff(),
+        vault.clone(),
+        args.vault_token_file.clone(),
+        admin.clone(),
+    ));
     let controller = Controller::new(pods, watch)
         .with_config(Config::default().concurrency(args.concurrency))
         // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;

@@ -149,7 +149,7 @@ pub struct Login {
     pub renewable: bool,
 }
 
-/// Outcome of destroying a secret_id by accessor.
+/// Outcome of destroying a secret_id or revoking a token by accessor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destroyed {
     /// It existed and is gone now.
@@ -378,6 +378,30 @@ impl Vault {
                     _ => Err(err),
                 }
             }
+        }
+    }
+
+    /// `POST auth/token/revoke-accessor`: revokes a delivered token without knowing it. An accessor
+    /// Vault no longer knows (expired, revoked) is [`Destroyed::AlreadyGone`].
+    pub async fn revoke_token_by_accessor(
+        &self,
+        token: &ClientToken,
+        accessor: &str,
+    ) -> Result<Destroyed, VaultError> {
+        let op = "revoke a delivered token by accessor";
+        let client = self.vaultrs(token.expose())?;
+        match vaultrs::token::revoke_accessor(&client, accessor).await {
+            Ok(()) => Ok(Destroyed::Destroyed),
+            Err(e) => match from_vaultrs(op, e, &[token.expose()]) {
+                VaultError::Api {
+                    status: 400,
+                    errors,
+                    ..
+                } if errors.iter().any(|m| m.contains("invalid accessor")) => {
+                    Ok(Destroyed::AlreadyGone)
+                }
+                other => Err(other),
+            },
         }
     }
 

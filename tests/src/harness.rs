@@ -489,6 +489,7 @@ impl Stack {
 path "auth/approle/role/+/role-id" { capabilities = ["read"] }
 path "auth/approle/role/+/secret-id" { capabilities = ["update"] }
 path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
 "#}),
         )
         .await?;

@@ -324,3 +324,30 @@ async fn admin_port_reports_readiness_and_counts_deliveries_and_failures() {
     let token = stack.pod_token(&pod).expect("token");
     assert!(!text.contains(&token), "metrics must never carry a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pod_revokes_its_token() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let pod = stack
+        .pod("bye-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let pod = stack
+        .wait_pod("bye-0", "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let ip = pod_ip(&pod);
+    let token = stack.pod_token(&pod).expect("token");
+    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
+    assert_eq!(status, 200, "the token works while the pod lives");
+
+    stack.delete("bye-0").await.expect("delete");
+    harness::wait_for("the token to be revoked", DELIVERY, || async {
+        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
+        (status == 403).then_some(())
+    })
+    .await
+    .expect("revoked");
+    stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
+}

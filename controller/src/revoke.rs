@@ -1,0 +1,78 @@
+//! Revocation on pod deletion: when a managed pod is deleted, the token it received is revoked by
+//! the accessor recorded on it (`vault-approle.io/token-accessor`), so a credential never outlives
+//! its pod.
+//!
+//! A separate watch of managed pods feeds this, not a finalizer: a finalizer would block every pod
+//! deletion while the controller is down. What this cannot see (a pod deleted while no controller
+//! runs) still ends by the token's own TTL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use approle_shared::annotations::TOKEN_ACCESSOR;
+use approle_shared::secret::ClientToken;
+use approle_shared::vault::{Destroyed, Vault};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+
+/// Consumes watch events and revokes the token of every deleted pod that has one.
+pub async fn run(
+    events: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
+    vault: Vault,
+    token_file: PathBuf,
+    admin: Arc<Admin>,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Delete(pod)) => pod,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(error = %e, "revocation watch");
+                continue;
+            }
+        };
+        let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
+            continue;
+        };
+        revoke(&pod, &accessor, &vault, &token_file, &admin).await;
+    }
+}
+
+async fn revoke(pod: &Pod, accessor: &str, vault: &Vault, token_file: &PathBuf, admin: &Admin) {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    // A few quick attempts ride out a Vault hiccup; after that the token's TTL ends it anyway.
+    for attempt in 1..=3u32 {
+        let token = match tokio::fs::read_to_string(token_file).await {
+            Ok(t) => ClientToken::new(t.trim()),
+            Err(e) => {
+                warn!(pod.namespace = ns, pod.name = name, error = %e, "cannot read the Vault token file to revoke");
+                return;
+            }
+        };
+        match vault.revoke_token_by_accessor(&token, accessor).await {
+            Ok(outcome) => {
+                admin.metrics.tokens_revoked.inc();
+                info!(
+                    pod.namespace = ns,
+                    pod.name = name,
+                    token_accessor = accessor,
+                    already_gone = outcome == Destroyed::AlreadyGone,
+                    "revoked the token of a deleted pod"
+                );
+                return;
+            }
+            Err(e) => {
+                admin.metrics.vault_errors.inc();
+                warn!(pod.namespace = ns, pod.name = name, token_accessor = accessor, attempt, error = %e, "revoking the token of a deleted pod failed");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+            }
+        }
+    }
+}
