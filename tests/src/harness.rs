@@ -101,38 +101,12 @@ impl Proc {
             .with_context(|| format!("opening {}", log.display()))?;
         let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
-        let mut ready_tx = Some(ready_tx);
-        let prefix = ready_prefix.map(str::to_owned);
         if let Some(out) = child.stdout.take() {
-            let file = file.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let _ = file
-                        .lock()
-                        .await
-                        .write_all(format!("{line}\n").as_bytes())
-                        .await;
-                    if prefix.as_deref().is_some_and(|p| line.starts_with(p))
-                        && let Some(tx) = ready_tx.take()
-                    {
-                        let _ = tx.send(line);
-                    }
-                }
-            });
+            let ready = ready_prefix.map(|p| (p.to_owned(), ready_tx));
+            tokio::spawn(pump(out, file.clone(), ready));
         }
         if let Some(err) = child.stderr.take() {
-            let file = file.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let _ = file
-                        .lock()
-                        .await
-                        .write_all(format!("{line}\n").as_bytes())
-                        .await;
-                }
-            });
+            tokio::spawn(pump(err, file.clone(), None));
         }
         let mut proc = Proc {
             name: name.to_owned(),
@@ -218,6 +192,30 @@ impl Proc {
     /// The output captured so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Copies a child's output into its log file line by line; with `ready`, sends the first line
+/// starting with the prefix.
+async fn pump(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    file: std::sync::Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    mut ready: Option<(String, tokio::sync::oneshot::Sender<String>)>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = file
+            .lock()
+            .await
+            .write_all(format!("{line}\n").as_bytes())
+            .await;
+        if ready
+            .as_ref()
+            .is_some_and(|(p, _)| line.starts_with(p.as_str()))
+            && let Some((_, tx)) = ready.take()
+        {
+            let _ = tx.send(line);
+        }
     }
 }
 
