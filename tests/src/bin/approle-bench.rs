@@ -106,7 +106,14 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the stack")?;
-    let result = run(&stack, &args, &bursts, cached, init_runs, floor_samples).await;
+    // SIGINT/SIGTERM end the run early but still tear the stack down (its processes and the
+    // approle-init processes kube-dev started), which killing the bench outright would orphan.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = run(&stack, &args, &bursts, cached, init_runs, floor_samples) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (SIGINT)")),
+        _ = sigterm.recv() => Err(anyhow!("interrupted (SIGTERM)")),
+    };
     if let Err(e) = &result {
         let mut stack = stack;
         stack.dir.disable_cleanup(true);
@@ -261,13 +268,23 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
+    stat_sum(pid, 11)
+}
+
+/// cutime + cstime: the CPU of a process's reaped children (kube-dev's approle-init processes).
+fn children_cpu_ticks(pid: u32) -> Option<u64> {
+    stat_sum(pid, 13)
+}
+
+/// Sum of two consecutive `/proc/<pid>/stat` fields, counted from the one after the command name
+/// (which may hold spaces): index 11 is utime (field 14), 13 is cutime (field 16).
+fn stat_sum(pid: u32, index: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let a: u64 = fields.get(index)?.parse().ok()?;
+    let b: u64 = fields.get(index + 1)?.parse().ok()?;
+    Some(a + b)
 }
 
 /// Resets a process's peak RSS (`VmHWM`) to its current RSS (Linux ≥ 4.0, same user).
@@ -339,6 +356,7 @@ struct Cpu {
     controller: u64,
     vault: u64,
     kube: u64,
+    init: u64,
 }
 
 impl Cpu {
@@ -347,6 +365,7 @@ impl Cpu {
             controller: cpu_ticks(p.controller).unwrap_or(0),
             vault: cpu_ticks(p.vault).unwrap_or(0),
             kube: cpu_ticks(p.kube).unwrap_or(0),
+            init: children_cpu_ticks(p.kube).unwrap_or(0),
         }
     }
 }
@@ -633,6 +652,7 @@ struct BurstResult {
     controller_cpu_s: f64,
     vault_cpu_s: f64,
     kube_cpu_s: f64,
+    init_cpu_s: f64,
     controller_peak_rss_kib: u64,
     controller_rss_after_kib: u64,
     tokens: usize,
@@ -700,10 +720,13 @@ async fn run_burst(
                 let Ok(pod) = ev else { continue };
                 if delivered(&pod) {
                     let now = Instant::now();
-                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    seen.entry(pod.metadata.name.clone().unwrap_or_default())
-                        .or_insert(now);
-                    let _ = count_tx.send(seen.len());
+                    let count = {
+                        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        seen.entry(pod.metadata.name.clone().unwrap_or_default())
+                            .or_insert(now);
+                        seen.len()
+                    };
+                    let _ = count_tx.send(count);
                 }
             }
         })
@@ -730,14 +753,17 @@ async fn run_burst(
         .await?;
     let create_s = t0.elapsed().as_secs_f64();
 
-    let waited = tokio::time::timeout(timeout, count_rx.wait_for(|c| *c >= n)).await;
+    // Only whether it happened: the watch's `Ref` must not be held (it blocks the sender).
+    let waited = tokio::time::timeout(timeout, count_rx.wait_for(|c| *c >= n))
+        .await
+        .map(|r| r.is_ok());
     watch_task.abort();
     let cpu1 = Cpu::now(pids);
     let sampled_peak = sampler.finish().await;
     let hwm = status_kib(pids.controller, "VmHWM").unwrap_or(0);
     let controller_peak_rss_kib = if peak_reset { hwm } else { sampled_peak };
     let times = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if waited.is_err() {
+    if !matches!(waited, Ok(true)) {
         eprintln!(
             "approle-bench:   only {} of {n} delivered within {timeout:?}",
             times.len()
@@ -760,6 +786,7 @@ async fn run_burst(
         controller_cpu_s: secs(cpu1.controller.saturating_sub(cpu0.controller)),
         vault_cpu_s: secs(cpu1.vault.saturating_sub(cpu0.vault)),
         kube_cpu_s: secs(cpu1.kube.saturating_sub(cpu0.kube)),
+        init_cpu_s: secs(cpu1.init.saturating_sub(cpu0.init)),
         controller_peak_rss_kib,
         ..Default::default()
     };
@@ -787,6 +814,12 @@ async fn run_burst(
         pods
     };
 
+    // Every init process has been reaped by now: their CPU is all in kube-dev's cutime/cstime.
+    r.init_cpu_s = secs(
+        children_cpu_ticks(pids.kube)
+            .unwrap_or(0)
+            .saturating_sub(cpu0.init),
+    );
     let mut latencies = Vec::new();
     let mut ips = HashSet::new();
     for p in &pods {
@@ -1441,6 +1474,8 @@ impl Report {
                     "controller_cpu_ms_per_delivery": round(r.controller_cpu_s * 1000.0 / r.delivered.max(1) as f64),
                     "vault_dev_cpu_s": round(r.vault_cpu_s),
                     "kube_dev_cpu_s": round(r.kube_cpu_s),
+                    "approle_init_cpu_s": round(r.init_cpu_s),
+                    "approle_init_cpu_ms_each": round(r.init_cpu_s * 1000.0 / r.delivered.max(1) as f64),
                     "controller_peak_rss_mib": round(mib(r.controller_peak_rss_kib)),
                     "controller_rss_after_mib": round(mib(r.controller_rss_after_kib)),
                     "vault_requests": r.vault_requests,
