@@ -64,6 +64,12 @@ struct Args {
     /// Concurrency of the floor bursts (the controller's default `--concurrency`).
     #[arg(long, default_value_t = 64)]
     floor_concurrency: usize,
+    /// The controller's `--log-level` (e.g. `info,approle_controller=debug` to see push retries).
+    #[arg(long, default_value = "info")]
+    controller_log_level: String,
+    /// Keep the stack's directory (all logs, the audit log) and print where it is.
+    #[arg(long)]
+    keep_logs: bool,
     /// Upper bound for each burst to be delivered.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -101,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         init_timeout: "120s".into(),
         // Info, not the harness's debug level: what a deployment would run.
-        controller_args: vec!["--log-level".into(), "info".into()],
+        controller_args: vec!["--log-level".into(), args.controller_log_level.clone()],
         ..Default::default()
     })
     .await
@@ -114,6 +120,15 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (SIGINT)")),
         _ = sigterm.recv() => Err(anyhow!("interrupted (SIGTERM)")),
     };
+    if args.keep_logs && result.is_ok() {
+        let mut stack = stack;
+        stack.dir.disable_cleanup(true);
+        eprintln!(
+            "approle-bench: logs are kept in {}",
+            stack.dir.path().display()
+        );
+        return Ok(());
+    }
     if let Err(e) = &result {
         let mut stack = stack;
         stack.dir.disable_cleanup(true);
@@ -648,6 +663,8 @@ struct BurstResult {
     wall_s: f64,
     deliveries_per_s: f64,
     latency: Percentiles,
+    start_to_listening: Percentiles,
+    listening_to_token: Percentiles,
     latency_missing: usize,
     controller_cpu_s: f64,
     vault_cpu_s: f64,
@@ -821,6 +838,7 @@ async fn run_burst(
             .saturating_sub(cpu0.init),
     );
     let mut latencies = Vec::new();
+    let (mut to_listen, mut listen_to_token) = (Vec::new(), Vec::new());
     let mut ips = HashSet::new();
     for p in &pods {
         *r.init_exit_codes
@@ -842,11 +860,19 @@ async fn run_burst(
             r.token_json_matches += 1;
         }
         match init_to_token(stack, p) {
-            Some(d) => latencies.push(d),
+            Some((d, listen)) => {
+                latencies.push(d);
+                if let Some(l) = listen {
+                    to_listen.push(l);
+                    listen_to_token.push(d.saturating_sub(l));
+                }
+            }
             None => r.latency_missing += 1,
         }
     }
     r.latency = Percentiles::of(&mut latencies);
+    r.start_to_listening = Percentiles::of(&mut to_listen);
+    r.listening_to_token = Percentiles::of(&mut listen_to_token);
 
     // The audit log: one successful login per pod IP; requests per delivery.
     let want = r.delivered;
@@ -946,7 +972,7 @@ fn init_exit(p: &Pod) -> Option<i32> {
 
 /// From the init container's start (its first log line, microsecond timestamps; kube-dev's
 /// `startedAt` has whole seconds only) to the token file's modification time.
-fn init_to_token(stack: &Stack, pod: &Pod) -> Option<Duration> {
+fn init_to_token(stack: &Stack, pod: &Pod) -> Option<(Duration, Option<Duration>)> {
     let uid = pod.metadata.uid.as_deref()?;
     let log = stack
         .kube_root
@@ -955,15 +981,22 @@ fn init_to_token(stack: &Stack, pod: &Pod) -> Option<Duration> {
         .join("logs")
         .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
     let text = std::fs::read_to_string(log).ok()?;
-    let first = text
+    let stamp = |l: &str| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok();
+    let started = SystemTime::from(text.lines().find_map(stamp)?);
+    let listening = text
         .lines()
-        .find_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())?;
-    let started = SystemTime::from(first);
+        .find(|l| l.contains("listening on"))
+        .and_then(stamp)
+        .map(SystemTime::from);
     let written = std::fs::metadata(stack.volume_dir(pod).join("token"))
         .ok()?
         .modified()
         .ok()?;
-    written.duration_since(started).ok()
+    let total = written.duration_since(started).ok()?;
+    Some((
+        total,
+        listening.and_then(|l| l.duration_since(started).ok()),
+    ))
 }
 
 /// Deletes the pods matching `selector` (or the one named `name`) at once and waits until they
@@ -1081,6 +1114,8 @@ struct InitResult {
     peak_rss_method: &'static str,
     binary_bytes: u64,
     stripped_bytes: Option<u64>,
+    /// user + system CPU of each GNU-time run (10 ms resolution).
+    cpu_ms: Vec<f64>,
 }
 
 async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result<InitResult> {
@@ -1093,12 +1128,13 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         .is_ok_and(|s| s.success());
     let mut listen = Vec::new();
     let mut rss = Vec::new();
+    let mut cpu = Vec::new();
     for i in 0..runs {
         // Timing runs: the process itself; RSS runs under GNU time (its %M is the peak RSS).
-        let (d, _) = init_once(stack, floor, &bin, &format!("t{i}"), None).await?;
+        let (d, _, _) = init_once(stack, floor, &bin, &format!("t{i}"), None).await?;
         listen.push(d);
         let out = stack.dir.path().join(format!("init-time-{i}.txt"));
-        let (_, hwm) = init_once(
+        let (_, hwm, cpu_s) = init_once(
             stack,
             floor,
             &bin,
@@ -1107,6 +1143,7 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         )
         .await?;
         rss.push(hwm);
+        cpu.extend(cpu_s);
     }
     let binary_bytes = std::fs::metadata(&bin)?.len();
     let stripped = stack.dir.path().join("approle-init.stripped");
@@ -1130,6 +1167,7 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         },
         binary_bytes,
         stripped_bytes,
+        cpu_ms: cpu.iter().map(|s| s * 1000.0).collect(),
     })
 }
 
@@ -1141,14 +1179,14 @@ async fn init_once(
     bin: &Path,
     run: &str,
     time_out: Option<&Path>,
-) -> anyhow::Result<(Duration, u64)> {
+) -> anyhow::Result<(Duration, u64, Option<f64>)> {
     let out_dir = stack.dir.path().join(format!("init-{run}"));
     std::fs::create_dir_all(&out_dir)?;
     let pod_uid = format!("bench-init-{run}");
     let mut cmd = match time_out {
         Some(path) => {
             let mut c = tokio::process::Command::new("/usr/bin/time");
-            c.args(["-f", "%M", "-o"]).arg(path).arg(bin);
+            c.args(["-f", "%M %U %S", "-o"]).arg(path).arg(bin);
             c
         }
         None => tokio::process::Command::new(bin),
@@ -1224,16 +1262,24 @@ async fn init_once(
     if !status.success() {
         bail!("approle-init exited with {status}");
     }
-    let hwm = match (time_out, sampler) {
-        (Some(path), _) => std::fs::read_to_string(path)?
-            .lines()
-            .filter_map(|l| l.trim().parse::<u64>().ok())
-            .next_back()
-            .context("GNU time wrote no %M")?,
-        (None, Some(s)) => s.await.unwrap_or(0),
-        (None, None) => 0,
+    let (hwm, cpu) = match (time_out, sampler) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)?;
+            let line = text
+                .lines()
+                .rfind(|l| l.split_whitespace().count() == 3)
+                .context("GNU time wrote no `%M %U %S` line")?;
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let secs = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+            (
+                f[0].parse::<u64>().unwrap_or(0),
+                Some(secs(f[1]) + secs(f[2])),
+            )
+        }
+        (None, Some(s)) => (s.await.unwrap_or(0), None),
+        (None, None) => (0, None),
     };
-    Ok((listening, hwm))
+    Ok((listening, hwm, cpu))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1396,6 +1442,22 @@ impl Report {
             "(×1 = exactly once: status annotation, one token, one login per pod IP, one \
              SecretIdDelivered Event, init exit 0, no live secret_id; ×FLOOR for DELIV/S = floor/measured)"
         );
+        for (r, _) in &self.bursts {
+            let per = |cpu: f64| cpu * 1000.0 / r.delivered.max(1) as f64;
+            println!(
+                "burst {:>5}: init start → listening p50 {:.1} / p99 {:.1} ms, listening → token p50 {:.1} / p99 {:.1} ms; \
+                 CPU ms per delivery: approle-init {:.1}, kube-dev {:.1}, controller {:.1}, vault-dev {:.1}",
+                r.pods,
+                r.start_to_listening.p50,
+                r.start_to_listening.p99,
+                r.listening_to_token.p50,
+                r.listening_to_token.p99,
+                per(r.init_cpu_s),
+                per(r.kube_cpu_s),
+                per(r.controller_cpu_s),
+                per(r.vault_cpu_s),
+            );
+        }
         println!(
             "floor, one delivery's work alone (mint + mTLS handshake + lookup + unwrap + login): \
              p50 {:.2} ms, p99 {:.2} ms",
@@ -1464,6 +1526,8 @@ impl Report {
                     "deliveries_per_s_floor_ratio": ratio(f.deliveries_per_s, r.deliveries_per_s),
                     "init_to_token_ms": r.latency.json(),
                     "init_to_token_missing": r.latency_missing,
+                    "init_start_to_listening_ms": r.start_to_listening.json(),
+                    "init_listening_to_token_ms": r.listening_to_token.json(),
                     "floor_latency_ms": f.latency.json(),
                     "latency_floor_ratio": {
                         "p50": ratio(r.latency.p50, f.latency.p50),
@@ -1518,6 +1582,7 @@ impl Report {
                     "runs": i.peak_rss_kib.len(),
                     "method": i.peak_rss_method,
                 },
+                "cpu_ms_per_run": i.cpu_ms,
                 "binary_bytes": i.binary_bytes,
                 "stripped_bytes": i.stripped_bytes,
             },
