@@ -477,25 +477,7 @@ fn role_write(be: &mut AppRoleBackend, req: &Req, name: &str) -> HResult {
         role.token_no_default_policy = util::field_bool("token_no_default_policy", v)?;
     }
     if let Some(v) = d.get("token_type") {
-        let t = util::field_string("token_type", v)?;
-        role.token_type = match t.as_str() {
-            "" | "default" => "default".into(),
-            "service" | "batch" => t.clone(),
-            "default-service" => {
-                warnings.push("default-service has no useful meaning; adjusting to service".into());
-                "service".into()
-            }
-            "default-batch" => {
-                warnings.push("default-batch has no useful meaning; adjusting to batch".into());
-                "batch".into()
-            }
-            other => {
-                return Err(Fail::bad(format!(
-                    "invalid 'token_type' value {}",
-                    util::go_quote(other)
-                )));
-            }
-        };
+        role.token_type = util::field_token_type(v, &mut warnings)?;
     }
     if role.token_ttl < 0 {
         return Err(Fail::bad("'token_ttl' cannot be negative"));
@@ -511,16 +493,7 @@ fn role_write(be: &mut AppRoleBackend, req: &Req, name: &str) -> HResult {
             "'token_ttl' cannot be greater than 'token_max_ttl'",
         ));
     }
-    if role.token_type == "batch" && role.token_num_uses > 0 {
-        return Err(Fail::bad(
-            "'token_type' cannot be 'batch' or 'default_batch' when set to generate tokens with limited use count",
-        ));
-    }
-    if role.token_type == "batch" && role.token_period > 0 {
-        return Err(Fail::bad(
-            "'token_type' cannot be 'batch' or 'default_batch' when set to generate periodic tokens",
-        ));
-    }
+    util::check_batch_token(&role.token_type, role.token_num_uses, role.token_period)?;
     if role.token_period > SYS_MAX_TTL {
         return Err(Fail::bad(format!(
             "period of {} is greater than the backend's maximum lease TTL of {}",

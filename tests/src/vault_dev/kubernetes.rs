@@ -466,25 +466,7 @@ fn role_write(be: &mut KubernetesBackend, req: &Req, name: &str) -> HResult {
         role.token_no_default_policy = util::field_bool("token_no_default_policy", v)?;
     }
     if let Some(v) = req.get("token_type") {
-        let t = util::field_string("token_type", v)?;
-        role.token_type = match t.as_str() {
-            "" | "default" => "default".into(),
-            "service" | "batch" => t.clone(),
-            "default-service" => {
-                warnings.push("default-service has no useful meaning; adjusting to service".into());
-                "service".into()
-            }
-            "default-batch" => {
-                warnings.push("default-batch has no useful meaning; adjusting to batch".into());
-                "batch".into()
-            }
-            other => {
-                return Err(Fail::bad(format!(
-                    "invalid 'token_type' value {}",
-                    util::go_quote(other)
-                )));
-            }
-        };
+        role.token_type = util::field_token_type(v, &mut warnings)?;
     }
     for (what, v) in [
         ("token_ttl", role.token_ttl),
@@ -495,16 +477,7 @@ fn role_write(be: &mut KubernetesBackend, req: &Req, name: &str) -> HResult {
             return Err(Fail::bad(format!("'{what}' cannot be negative")));
         }
     }
-    if role.token_type == "batch" && role.token_num_uses > 0 {
-        return Err(Fail::bad(
-            "'token_type' cannot be 'batch' or 'default_batch' when set to generate tokens with limited use count",
-        ));
-    }
-    if role.token_type == "batch" && role.token_period > 0 {
-        return Err(Fail::bad(
-            "'token_type' cannot be 'batch' or 'default_batch' when set to generate periodic tokens",
-        ));
-    }
+    util::check_batch_token(&role.token_type, role.token_num_uses, role.token_period)?;
     // The plugin's own checks.
     if role.token_period > SYS_MAX_TTL {
         return Err(Fail::bad(format!(

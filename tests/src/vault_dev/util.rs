@@ -451,6 +451,52 @@ pub fn cidrs_subset(outer: &[String], inner: &[String]) -> bool {
     })
 }
 
+/// `token_type` as tokenutil parses it for every auth method's roles: the `default-*` spellings
+/// are accepted with a warning.
+pub fn field_token_type(
+    v: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<String, super::core::Fail> {
+    let t = field_string("token_type", v)?;
+    Ok(match t.as_str() {
+        "" | "default" => "default".into(),
+        "service" | "batch" => t,
+        "default-service" => {
+            warnings.push("default-service has no useful meaning; adjusting to service".into());
+            "service".into()
+        }
+        "default-batch" => {
+            warnings.push("default-batch has no useful meaning; adjusting to batch".into());
+            "batch".into()
+        }
+        other => {
+            return Err(super::core::Fail::bad(format!(
+                "invalid 'token_type' value {}",
+                go_quote(other)
+            )));
+        }
+    })
+}
+
+/// tokenutil's batch-token constraints: batch tokens have no use limit and no period.
+pub fn check_batch_token(
+    token_type: &str,
+    num_uses: i64,
+    period: i64,
+) -> Result<(), super::core::Fail> {
+    if token_type == "batch" && num_uses > 0 {
+        return Err(super::core::Fail::bad(
+            "'token_type' cannot be 'batch' or 'default_batch' when set to generate tokens with limited use count",
+        ));
+    }
+    if token_type == "batch" && period > 0 {
+        return Err(super::core::Fail::bad(
+            "'token_type' cannot be 'batch' or 'default_batch' when set to generate periodic tokens",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
