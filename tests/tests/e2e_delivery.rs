@@ -5,21 +5,12 @@ use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use approle_testkit::harness::{self, ROLE, Stack, StackOptions};
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions, delivered};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
-const STATUS: &str = "vault-approle.io/status";
 const ACCESSOR: &str = "vault-approle.io/token-accessor";
 const DELIVERY: Duration = Duration::from_secs(60);
-
-fn delivered(p: &Pod) -> bool {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(STATUS))
-        .is_some_and(|s| s == "delivered")
-}
 
 fn pod_ip(p: &Pod) -> IpAddr {
     p.status

@@ -3,19 +3,10 @@
 
 use std::time::Duration;
 
-use approle_testkit::harness::{self, ROLE, Stack, StackOptions};
-use k8s_openapi::api::core::v1::Pod;
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions, annotation, delivered};
 use serde_json::json;
 
 const DELIVERY: Duration = Duration::from_secs(60);
-
-fn annotation(p: &Pod, key: &str) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .cloned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice() {
@@ -31,40 +22,13 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
     }
     for n in &names {
         let pod = stack
-            .wait_pod(n, "delivered", DELIVERY, |p| {
-                annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
-            })
+            .wait_pod(n, "delivered", DELIVERY, delivered)
             .await
             .expect("delivered");
         // The recorded accessor belongs to the token the pod holds: one delivery, recorded once.
-        let token = stack.pod_token(&pod).expect("token");
-        let ip: std::net::IpAddr = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .expect("ip")
-            .parse()
-            .expect("ip");
-        let from_pod = reqwest::Client::builder()
-            .local_address(ip)
-            .tls_certs_only(Vec::new())
-            .build()
-            .expect("client");
-        let body: serde_json::Value = from_pod
-            .get(format!("{}/v1/auth/token/lookup-self", stack.vault_url))
-            .header("X-Vault-Token", &token)
-            .send()
-            .await
-            .expect("lookup")
-            .json()
-            .await
-            .expect("json");
+        let proven = stack.working_token(&pod).await.expect("a working token");
         if let Some(recorded) = annotation(&pod, "vault-approle.io/token-accessor") {
-            assert_eq!(
-                body["data"]["accessor"].as_str(),
-                Some(recorded.as_str()),
-                "{n}"
-            );
+            assert_eq!(proven.accessor, recorded, "{n}");
         }
     }
     // Both replicas saw every pod (each logs its reconciles with the pod's name).
@@ -113,8 +77,6 @@ async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_m
     })
     .await
     .expect("stack");
-    let delivered =
-        |p: &Pod| annotation(p, "vault-approle.io/status").as_deref() == Some("delivered");
     let early = stack
         .pod("early-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
