@@ -269,8 +269,17 @@ async fn deliver(
         if let PushOutcome::Delivered(_) | PushOutcome::AlreadyDelivered | PushOutcome::Refused(_) =
             &outcome
         {
-            let status_patch_follows = !matches!(outcome, PushOutcome::Refused(_));
-            crate::redeliver::handed(ctx, pod, !status_patch_follows).await;
+            let accepted = !matches!(outcome, PushOutcome::Refused(_));
+            // 422 and 500 end the init container's run: it takes no other credential.
+            let run_ends = accepted
+                || matches!(
+                    &outcome,
+                    PushOutcome::Refused(PushFailure::Refused {
+                        status: 422 | 500,
+                        ..
+                    })
+                );
+            crate::redeliver::handed(ctx, pod, accepted, run_ends).await;
         }
         let why = match &outcome {
             PushOutcome::Delivered(_) => None,

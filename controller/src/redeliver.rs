@@ -36,7 +36,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::deliver::{Context, publish};
 
@@ -82,6 +82,10 @@ pub struct History {
     pub at: jiff::Timestamp,
     /// Which run that was.
     pub run: String,
+    /// That run will take no other credential: it accepted one (200, 409) or refused one in a way
+    /// that ends it (422, 500). Known only to the controller that pushed: its cache may still
+    /// show the run waiting.
+    pub done: bool,
 }
 
 impl History {
@@ -94,6 +98,7 @@ impl History {
             count,
             at: at.parse().ok()?,
             run: run.trim().to_owned(),
+            done: false,
         })
     }
 
@@ -189,6 +194,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub enum Gate {
     /// Deliver now (first run, the same run again, or the pause is over).
     Go,
+    /// This very run is done with its credential (accepted, or refused and ending); the cache has
+    /// not caught up yet.
+    RunDone,
     /// A re-delivery; deliver now.
     Redeliver {
         /// Runs handed a credential before.
@@ -230,6 +238,9 @@ impl Tracker {
         let (Some(run), Some(h)) = (current_run(pod), self.history(pod)) else {
             return Gate::Go;
         };
+        if run == h.run && h.done {
+            return Gate::RunDone;
+        }
         if run == h.run || h.count == 0 {
             return Gate::Go;
         }
@@ -248,28 +259,32 @@ impl Tracker {
         }
     }
 
-    /// Notes that the pod's current run was handed a credential at `now` (counted once per run);
-    /// returns the annotations to write.
+    /// Notes that the pod's current run was handed a credential at `now` (counted once per run),
+    /// and whether that ends the run (`done`); returns the annotations to write.
     pub fn handed(
         &self,
         pod: &Pod,
         now: jiff::Timestamp,
+        done: bool,
     ) -> Option<serde_json::Map<String, serde_json::Value>> {
         let run = current_run(pod)?;
         let uid = pod.uid()?;
-        let next = match self.history(pod) {
+        let mut next = match self.history(pod) {
             Some(h) if h.run == run => h,
             Some(h) => History {
                 count: h.count.saturating_add(1),
                 at: now,
                 run,
+                done: false,
             },
             None => History {
                 count: 1,
                 at: now,
                 run,
+                done: false,
             },
         };
+        next.done |= done;
         let annotations = next.annotations();
         let mut written = lock(&self.written);
         if written.len() > 4096 {
@@ -293,6 +308,10 @@ impl Tracker {
 pub async fn gate(ctx: &Context, pod: &Pod) -> Option<Action> {
     match ctx.redelivery.gate(pod, jiff::Timestamp::now()) {
         Gate::Go => None,
+        Gate::RunDone => {
+            debug!("this init-container run is done with its credential; waiting for the cache");
+            Some(Action::await_change())
+        }
         Gate::Redeliver { earlier } => {
             ctx.admin.metrics.redelivery.count("now");
             info!(earlier, "init container restarted; delivering again");
@@ -325,14 +344,14 @@ pub async fn gate(ctx: &Context, pod: &Pod) -> Option<Action> {
     }
 }
 
-/// Records a credential handed to the pod's current run. With `write_now` the annotations are
-/// patched here; otherwise the delivery's status patch carries them
-/// ([`Tracker::annotations`]).
-pub async fn handed(ctx: &Context, pod: &Pod, write_now: bool) {
-    let Some(annotations) = ctx.redelivery.handed(pod, jiff::Timestamp::now()) else {
+/// Records a credential handed to the pod's current run; `run_ends` when its answer ends the run.
+/// When the run `accepted` it (200, 409), the delivery's status patch carries the annotations
+/// ([`Tracker::annotations`]); otherwise they are patched here.
+pub async fn handed(ctx: &Context, pod: &Pod, accepted: bool, run_ends: bool) {
+    let Some(annotations) = ctx.redelivery.handed(pod, jiff::Timestamp::now(), run_ends) else {
         return;
     };
-    if !write_now {
+    if accepted {
         return;
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -431,16 +450,16 @@ mod tests {
         // First run: go; handed → 1.
         let r1 = run("c://1", json!({}));
         assert_eq!(t.gate(&r1, t0), Gate::Go);
-        let a = t.handed(&r1, t0).expect("annotations");
+        let a = t.handed(&r1, t0, false).expect("annotations");
         assert_eq!(a[DELIVERIES], "1");
         // The same run again (a retry after a failed push): go, not counted twice.
         assert_eq!(t.gate(&r1, t0), Gate::Go);
-        t.handed(&r1, t0);
+        t.handed(&r1, t0, false);
         assert_eq!(t.history(&r1).map(|h| h.count), Some(1));
         // The cache has not caught up (no annotations on the pod): memory counts.
         let r2 = run("c://2", json!({}));
         assert_eq!(t.gate(&r2, t0), Gate::Redeliver { earlier: 1 });
-        let a = t.handed(&r2, t0).expect("annotations");
+        let a = t.handed(&r2, t0, false).expect("annotations");
         assert_eq!(a[DELIVERIES], "2");
         assert_eq!(a[LAST_DELIVERY], "2026-01-01T00:00:00Z c://2");
         // Third run, 3 s later: 10 s pause, 7 s left.
@@ -457,6 +476,17 @@ mod tests {
             t.gate(&r3, ts("2026-01-01T00:00:10Z")),
             Gate::Redeliver { earlier: 2 }
         );
+    }
+
+    #[test]
+    fn a_run_that_is_done_is_not_pushed_again_while_the_cache_lags() {
+        let t = Tracker::new(Settings::default());
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let p = pod(json!({}), running(), "c://1");
+        t.handed(&p, t0, true);
+        assert_eq!(t.gate(&p, t0), Gate::RunDone);
+        let next = pod(json!({}), running(), "c://2");
+        assert_eq!(t.gate(&next, t0), Gate::Redeliver { earlier: 1 });
     }
 
     #[test]

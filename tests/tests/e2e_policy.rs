@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use approle_testkit::harness::{self, ROLE, Stack, StackOptions, delivered};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 const DELIVERY: Duration = Duration::from_secs(60);
@@ -138,6 +139,13 @@ async fn denied_role_is_refused_at_admission_and_before_minting_until_the_policy
         )
         .await
         .expect("delivered");
+    let accounts: Api<ServiceAccount> = Api::namespaced(stack.kube_client(), "default");
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "api"}})).expect("service account");
+    accounts
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("service account api");
     let api = with_service_account(
         stack
             .pod("api-0", json!({"vault-approle.io/role": ROLE}))
@@ -181,9 +189,16 @@ async fn malformed_policy_written_live_keeps_the_last_good_one() {
         log.contains("unknown field `namespace`") && log.contains("last good one"),
         "the controller must log why the policy was not reloaded"
     );
-    // Still ready, and the old policy still admits and delivers.
-    let (status, body) = stack.admin_get(0, "/readyz").await.expect("readyz");
-    assert_eq!(status, 200, "{body}");
+    // Still ready (once the watch has synced), and the old policy still admits and delivers.
+    harness::wait_for("/readyz to answer 200", DELIVERY, || async {
+        stack
+            .admin_get(0, "/readyz")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    })
+    .await
+    .expect("ready with the last good policy");
     let pod = stack
         .pod("kept-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
@@ -275,7 +290,14 @@ async fn crash_looping_init_container_gets_redeliveries_only_with_backoff() {
     let _one = harness::exclusive().await;
     // A pause long enough that no timing matters: after the first re-delivery, nothing more.
     let stack = Stack::start(StackOptions {
-        controller_args: vec!["--redelivery-backoff".into(), "1h".into()],
+        controller_args: [
+            "--redelivery-backoff",
+            "1h",
+            "--redelivery-backoff-max",
+            "1h",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     })
     .await
