@@ -50,6 +50,10 @@ pub struct Metrics {
     pub tokens_revoked: Counter,
     /// Seconds from the decision to deliver until the init container confirmed.
     pub delivery_seconds: Histogram,
+    /// Authorization policy: reloads, loaded, denials.
+    pub policy: crate::policy::PolicyMetrics,
+    /// Crash-loop backoff: re-deliveries to restarted init containers.
+    pub redelivery: crate::redeliver::RedeliveryMetrics,
 }
 
 impl Default for Metrics {
@@ -96,6 +100,10 @@ impl Default for Metrics {
             "From the decision to deliver until the init container confirmed",
             delivery_seconds.clone(),
         );
+        let policy = crate::policy::PolicyMetrics::default();
+        policy.register(&mut registry);
+        let redelivery = crate::redeliver::RedeliveryMetrics::default();
+        redelivery.register(&mut registry);
         Self {
             registry,
             deliveries,
@@ -105,6 +113,8 @@ impl Default for Metrics {
             vault_errors,
             tokens_revoked,
             delivery_seconds,
+            policy,
+            redelivery,
         }
     }
 }
@@ -140,6 +150,30 @@ pub struct Readiness {
     pub vault_token: AtomicBool,
     /// Push (and webhook) certificates are loaded.
     pub certificates: AtomicBool,
+    /// Whether an authorization policy is in force (and why not).
+    pub policy: PolicyReadiness,
+}
+
+/// Readiness of the authorization policy: not ready until one good policy has loaded.
+#[derive(Debug)]
+pub struct PolicyReadiness(std::sync::Mutex<Option<String>>);
+
+impl Default for PolicyReadiness {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Some("not loaded yet".into())))
+    }
+}
+
+impl PolicyReadiness {
+    /// `None`: a policy is in force; `Some(why)`: none has loaded.
+    pub fn set(&self, not_ready: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = not_ready;
+    }
+
+    /// Why no policy is in force, if none is.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Readiness {
@@ -186,7 +220,15 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    let missing = admin.ready.missing();
+    let mut missing: Vec<String> = admin
+        .ready
+        .missing()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let Some(why) = admin.ready.policy.get() {
+        missing.push(format!("authorization policy not loaded ({why})"));
+    }
     if missing.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

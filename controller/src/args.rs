@@ -195,6 +195,31 @@ pub struct Args {
         default_value = "0.0.0.0:9090"
     )]
     pub admin_listen: std::net::SocketAddr,
+
+    // --- authorization policy ---
+    /// Authorization policy (YAML, e.g. mounted from a ConfigMap): which roles which namespaces
+    /// and service accounts may use; default deny. Until one good policy has loaded, every role is
+    /// refused and /readyz says why; a malformed update keeps the last good policy.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_POLICY_FILE",
+        default_value = "/etc/approle-controller/policy.yaml"
+    )]
+    pub policy_file: PathBuf,
+
+    /// How often the policy file is read again (a change of content is reloaded).
+    #[arg(long, env = "APPROLE_CONTROLLER_POLICY_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub policy_reload_interval: Duration,
+
+    // --- crash-loop backoff ---
+    /// Pause before the second re-delivery to a restarted init container (the first has none);
+    /// doubled for each further one, up to --redelivery-backoff-max.
+    #[arg(long, env = "APPROLE_CONTROLLER_REDELIVERY_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub redelivery_backoff: Duration,
+
+    /// Cap of the re-delivery pause.
+    #[arg(long, env = "APPROLE_CONTROLLER_REDELIVERY_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub redelivery_backoff_max: Duration,
 }
 
 /// Where the TLS material comes from.
@@ -316,6 +341,13 @@ mod tests {
         assert_eq!(cfg.timeout, "5m");
         assert_eq!(cfg.vault_addr, "http://127.0.0.1:8200");
         assert_eq!(cfg.resources, inject::default_resources());
+        assert_eq!(
+            a.policy_file,
+            PathBuf::from("/etc/approle-controller/policy.yaml")
+        );
+        assert_eq!(a.policy_reload_interval, Duration::from_secs(5));
+        assert_eq!(a.redelivery_backoff, Duration::from_secs(10));
+        assert_eq!(a.redelivery_backoff_max, Duration::from_secs(300));
     }
 
     #[test]

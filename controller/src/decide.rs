@@ -43,7 +43,10 @@ pub fn decide(pod: &Pod) -> Decision {
         Ok(Some(spec)) => spec,
         Err(errors) => return Decision::Invalid(errors),
     };
-    if annotations.get(STATUS).map(String::as_str) == Some(STATUS_DELIVERED) {
+    if annotations.get(STATUS).map(String::as_str) == Some(STATUS_DELIVERED)
+        // A restarted init container (a new run) asks again: see the crash-loop backoff.
+        && !crate::redeliver::restarted_since_delivery(pod)
+    {
         return Decision::Delivered;
     }
     if pod.metadata.deletion_timestamp.is_some() {
@@ -132,6 +135,26 @@ mod tests {
                     running("127.0.0.5"),
                 ),
                 |d| *d == Decision::Delivered,
+            ),
+            (
+                "delivered, and the same init-container run still running",
+                pod(
+                    json!({"vault-approle.io/role": "web", "vault-approle.io/status": "delivered",
+                           "vault-approle.io/deliveries": "1",
+                           "vault-approle.io/last-delivery": "2026-01-01T00:00:00Z restart-0"}),
+                    running("127.0.0.5"),
+                ),
+                |d| *d == Decision::Delivered,
+            ),
+            (
+                "delivered, then the init container runs again (restarted sandbox)",
+                pod(
+                    json!({"vault-approle.io/role": "web", "vault-approle.io/status": "delivered",
+                           "vault-approle.io/deliveries": "1",
+                           "vault-approle.io/last-delivery": "2026-01-01T00:00:00Z containerd://old"}),
+                    running("127.0.0.5"),
+                ),
+                |d| matches!(d, Decision::Deliver { .. }),
             ),
             ("no status", pod(role.clone(), json!({})), |d| {
                 matches!(d, Decision::Wait(_))

@@ -86,6 +86,10 @@ pub struct Context {
     pub settings: Settings,
     /// Metrics and readiness.
     pub admin: Arc<Admin>,
+    /// The authorization policy in force (default: none, everything refused).
+    pub authorizer: crate::policy::Authorizer,
+    /// Crash-loop backoff of re-deliveries.
+    pub redelivery: crate::redeliver::Tracker,
     role_ids: Mutex<HashMap<String, String>>,
     /// Consecutive failures per pod UID, for backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -112,10 +116,26 @@ impl Context {
             recorder,
             settings,
             admin,
+            authorizer: crate::policy::Authorizer::fixed(None),
+            redelivery: crate::redeliver::Tracker::default(),
             role_ids: Mutex::default(),
             failures: Mutex::default(),
             unrecorded: Mutex::default(),
         }
+    }
+}
+
+impl Context {
+    /// Uses this authorization policy.
+    pub fn with_authorizer(mut self, authorizer: crate::policy::Authorizer) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// Uses these crash-loop backoff pauses.
+    pub fn with_redelivery(mut self, settings: crate::redeliver::Settings) -> Self {
+        self.redelivery = crate::redeliver::Tracker::new(settings);
+        self
     }
 }
 
@@ -166,6 +186,13 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             if let Some(accessor) = pending {
                 record_delivery(&ctx, &pod, Some(&accessor)).await?;
                 return Ok(Action::await_change());
+            }
+            // Authorization, then the crash-loop backoff: both before any Vault call.
+            if let Some(action) = crate::policy::gate(&ctx, &pod, &spec).await {
+                return Ok(action);
+            }
+            if let Some(action) = crate::redeliver::gate(&ctx, &pod).await {
+                return Ok(action);
             }
             deliver(&ctx, &pod, &spec, pod_ip).await
         }
@@ -238,6 +265,22 @@ async fn deliver(
         let margin = (ctx.settings.wrap_ttl / 4).min(Duration::from_secs(5));
         let deadline = Instant::now() + Duration::from_secs(wrapped.ttl).saturating_sub(margin);
         let outcome = push_until(ctx, pod, pod_ip, spec.port, &push, deadline).await;
+        // The run answered: it was handed a credential (counted for the crash-loop backoff).
+        if let PushOutcome::Delivered(_) | PushOutcome::AlreadyDelivered | PushOutcome::Refused(_) =
+            &outcome
+        {
+            let accepted = !matches!(outcome, PushOutcome::Refused(_));
+            // 422 and 500 end the init container's run: it takes no other credential.
+            let run_ends = accepted
+                || matches!(
+                    &outcome,
+                    PushOutcome::Refused(PushFailure::Refused {
+                        status: 422 | 500,
+                        ..
+                    })
+                );
+            crate::redeliver::handed(ctx, pod, accepted, run_ends).await;
+        }
         let why = match &outcome {
             PushOutcome::Delivered(_) => None,
             PushOutcome::AlreadyDelivered => Some("already_delivered"),
@@ -467,6 +510,7 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     if let Some(a) = accessor {
         annotations.insert(TOKEN_ACCESSOR.into(), json!(a));
     }
+    annotations.extend(ctx.redelivery.annotations(pod));
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"annotations": annotations}});
     api.patch(
@@ -479,7 +523,8 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     Ok(())
 }
 
-async fn publish(
+/// Publishes an Event about `pod` (notes cut to 1 kB); failures are logged, never fatal.
+pub(crate) async fn publish(
     ctx: &Context,
     pod: &Pod,
     type_: EventType,

@@ -5,8 +5,10 @@
 //! ```text
 //!   API server ──POST /mutate──▶ webhook: validate annotations, patch in init container + tmpfs
 //!   certs: injector CA (Secret) ─▶ webhook serving cert, push client cert, caBundle; renewal
+//!   policy file (polled) ─▶ authorizer: webhook and reconcile refuse roles it does not allow
 //!   watch pods (label vault-approle.io/managed=true)
 //!     ─▶ decide (annotations, init container running, pod IP)
+//!     ─▶ authorize (RoleDenied), crash-loop backoff (RedeliveryBackoff)
 //!     └─▶ deliver: role-id ─▶ wrapped secret_id (num_uses 1, podIP/32)
 //!                  ─▶ POST https://<podIP>:<port>/v1/secret-id (client cert)
 //!                  ─▶ annotate pod + Event
@@ -14,7 +16,8 @@
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`prune`] (what the pod cache keeps), [`push`] (the mTLS
-//! push client).
+//! push client), [`policy`] (authorization policy file, default deny), [`redeliver`] (crash-loop
+//! backoff of re-deliveries).
 
 #![forbid(unsafe_code)]
 
@@ -23,8 +26,10 @@ mod args;
 mod certs;
 mod decide;
 mod deliver;
+mod policy;
 mod prune;
 mod push;
+mod redeliver;
 mod revoke;
 mod webhook;
 
@@ -98,6 +103,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(started.certs.run());
     let admin = Arc::new(admin::Admin::default());
     admin.ready.certificates.store(true, Ordering::Relaxed);
+    // The policy is read once before the webhook serves; without one the controller still starts
+    // (refusing every role, not ready) and picks it up when it appears.
+    let (mut policy_loader, authorizer) =
+        policy::Loader::new(args.policy_file.clone(), admin.clone());
+    policy_loader.poll();
+    tokio::spawn(policy_loader.run(args.policy_reload_interval));
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin port to {}", args.admin_listen))?;
@@ -119,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         webhook::WebhookState {
             self_namespace: self_namespace.clone(),
             inject: started.inject,
+            authorizer: authorizer.clone(),
         },
         server.clone(),
     ));
@@ -157,6 +169,8 @@ async fn main() -> anyhow::Result<()> {
         .applied_objects();
     let controller = Controller::for_stream(pruned, reader)
         .with_config(Config::default().concurrency(args.concurrency))
+        // A new policy re-checks every pod at once (denied ones may be allowed now).
+        .reconcile_all_on(authorizer.changes())
         // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;
         // a second one aborts.
         .shutdown_on_signal();
@@ -186,21 +200,28 @@ async fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(&args.vault_token_file).is_ok_and(|t| !t.trim().is_empty()),
         Ordering::Relaxed,
     );
-    let ctx = Arc::new(deliver::Context::new(
-        client,
-        controller.store(),
-        vault,
-        started.push,
-        recorder,
-        deliver::Settings {
-            mount: args.approle_mount.clone(),
-            token_file: args.vault_token_file.clone(),
-            secret_id_ttl: args.secret_id_ttl,
-            wrap_ttl: args.wrap_ttl,
-            max_mints: args.max_mints,
-        },
-        admin,
-    ));
+    let ctx = Arc::new(
+        deliver::Context::new(
+            client,
+            controller.store(),
+            vault,
+            started.push,
+            recorder,
+            deliver::Settings {
+                mount: args.approle_mount.clone(),
+                token_file: args.vault_token_file.clone(),
+                secret_id_ttl: args.secret_id_ttl,
+                wrap_ttl: args.wrap_ttl,
+                max_mints: args.max_mints,
+            },
+            admin,
+        )
+        .with_authorizer(authorizer)
+        .with_redelivery(redeliver::Settings {
+            base: args.redelivery_backoff,
+            max: args.redelivery_backoff_max,
+        }),
+    );
     info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
     controller
         .run(deliver::reconcile, deliver::error_policy, ctx)

@@ -10,6 +10,9 @@
 //!                  parse + validate annotations ── unknown key, bad value ─▶ denied, key named
 //!                     │                         └─ not opted in ─▶ allowed as is
 //!                     │
+//!                  authorization policy ── role not allowed for namespace / service account,
+//!                     │                     or no policy loaded yet ─▶ denied (403), rule named
+//!                     │
 //!                  inject::patch ── unknown container, volume or path taken ─▶ denied
 //!                     ▼
 //!                  allowed + base64 JSONPatch
@@ -46,6 +49,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
+use crate::policy::{Authorizer, service_account};
+
 /// Path the API server posts reviews to.
 pub const MUTATE_PATH: &str = "/mutate";
 /// Namespace whose pods are never mutated, besides the controller's own.
@@ -59,6 +64,8 @@ pub struct WebhookState {
     pub self_namespace: String,
     /// Current injector settings; the injector CA in it changes when the CA does.
     pub inject: watch::Receiver<InjectConfig>,
+    /// The authorization policy in force.
+    pub authorizer: Authorizer,
 }
 
 /// The outcome of one review.
@@ -108,6 +115,7 @@ pub fn review(
     req: &AdmissionRequest<DynamicObject>,
     self_namespace: &str,
     cfg: &InjectConfig,
+    authz: &Authorizer,
 ) -> Verdict {
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return Verdict::allow();
@@ -117,7 +125,7 @@ pub fn review(
     };
     match (req.kind.group.as_str(), req.kind.kind.as_str()) {
         ("", "Pod") if req.operation == Operation::Create => {
-            review_pod(req, object, self_namespace, cfg)
+            review_pod(req, object, self_namespace, cfg, authz)
         }
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => {
             Verdict::warn(workload_warnings(&req.kind.kind, object, "/spec/template"))
@@ -131,12 +139,13 @@ pub fn review(
     }
 }
 
-/// should-inject → parse and validate → patch.
+/// should-inject → parse and validate → authorize → patch.
 fn review_pod(
     req: &AdmissionRequest<DynamicObject>,
     object: &DynamicObject,
     self_namespace: &str,
     cfg: &InjectConfig,
+    authz: &Authorizer,
 ) -> Verdict {
     let pod: Pod = match object.clone().try_parse() {
         Ok(pod) => pod,
@@ -169,6 +178,12 @@ fn review_pod(
         Ok(Some(spec)) => spec,
         Err(errors) => return Verdict::invalid(errors.to_string()),
     };
+    if let Err(denied) = authz.check(spec.role.as_str(), namespace, service_account(&pod)) {
+        return Verdict::Deny {
+            code: 403,
+            message: denied.to_string(),
+        };
+    }
     match inject::patch(&pod, &spec, cfg) {
         Ok(patch) => Verdict::Allow {
             patch,
@@ -277,7 +292,15 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     span.record("kind", req.kind.kind.as_str());
     span.record("namespace", req.namespace.as_deref().unwrap_or(""));
     span.record("name", req.name.as_str());
-    let verdict = review(&req, &state.self_namespace, &state.inject.borrow());
+    let verdict = review(
+        &req,
+        &state.self_namespace,
+        &state.inject.borrow(),
+        &state.authorizer,
+    );
+    if let Verdict::Deny { code: 403, .. } = &verdict {
+        state.authorizer.count_denial("admission");
+    }
     match &verdict {
         Verdict::Allow { patch, .. } if !patch.is_empty() => info!("injected"),
         Verdict::Allow { warnings, .. } if !warnings.is_empty() => {
@@ -311,6 +334,8 @@ mod tests {
     use super::*;
     use approle_shared::inject::default_resources;
     use approle_shared::tls::{Ca, Usage};
+
+    use crate::policy::Policy;
 
     const SELF_NS: &str = "approle-system";
 
@@ -368,7 +393,13 @@ mod tests {
         let r: AdmissionReview<DynamicObject> =
             serde_json::from_value(review_json).expect("review");
         let req: AdmissionRequest<DynamicObject> = r.try_into().expect("request");
-        review(&req, SELF_NS, &cfg())
+        review(&req, SELF_NS, &cfg(), &allow_all())
+    }
+
+    fn allow_all() -> Authorizer {
+        Authorizer::fixed(Some(
+            Policy::parse("rules: [{roles: ['*'], namespaces: ['*']}]", "test").expect("policy"),
+        ))
     }
 
     fn patched(v: &Verdict) -> bool {
@@ -555,6 +586,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_policy_is_checked_at_admission() {
+        let review_with = |ns: &str, pod_json: Value, authz: &Authorizer| {
+            let r: AdmissionReview<DynamicObject> =
+                serde_json::from_value(admission("", "Pod", ns, "CREATE", pod_json))
+                    .expect("review");
+            let req: AdmissionRequest<DynamicObject> = r.try_into().expect("request");
+            review(&req, SELF_NS, &cfg(), authz)
+        };
+        let policy = Authorizer::fixed(Some(
+            Policy::parse(
+                "rules:\n- roles: [web]\n  namespaces: [shop]\n  serviceAccounts: [api]\n",
+                "/p.yaml",
+            )
+            .expect("policy"),
+        ));
+        let web = json!({"vault-approle.io/role": "web"});
+        let denied = |v: &Verdict, needles: &[&str]| matches!(v, Verdict::Deny { code: 403, message } if needles.iter().all(|n| message.contains(n)));
+        let v = review_with("default", pod(web.clone()), &policy);
+        assert!(
+            denied(
+                &v,
+                &[
+                    "role \"web\" is not allowed in namespace \"default\"",
+                    "/p.yaml"
+                ]
+            ),
+            "{v:?}"
+        );
+        let v = review_with("shop", pod(web.clone()), &policy);
+        assert!(
+            denied(
+                &v,
+                &["only for service accounts [api]", "pod runs as \"default\""]
+            ),
+            "{v:?}"
+        );
+        let mut with_sa = pod(web.clone());
+        with_sa["spec"]["serviceAccountName"] = json!("api");
+        assert!(patched(&review_with("shop", with_sa, &policy)));
+        // No policy yet: annotated pods are refused, others are not touched.
+        let none = Authorizer::fixed(None);
+        let v = review_with("shop", pod(web), &none);
+        assert!(denied(&v, &["no authorization policy loaded yet"]), "{v:?}");
+        assert!(unchanged(&review_with("shop", pod(json!({})), &none)));
+        // Annotation errors still come first, as 400.
+        let v = review_with(
+            "default",
+            pod(json!({"vault-approle.io/rol": "web"})),
+            &none,
+        );
+        assert!(matches!(v, Verdict::Deny { code: 400, .. }), "{v:?}");
+    }
+
     /// The real server on loopback with a certificate from a fresh CA, and a client trusting it.
     async fn serve_for_test() -> (String, reqwest::Client, RustlsConfig) {
         approle_shared::tls::install_crypto_provider();
@@ -576,6 +661,7 @@ mod tests {
         let state = WebhookState {
             self_namespace: SELF_NS.into(),
             inject: rx,
+            authorizer: allow_all(),
         };
         // The sender may drop: the receiver keeps the last value.
         tokio::spawn(serve(listener, tls.clone(), state, Handle::new()));

@@ -28,11 +28,17 @@ pub const STATUS: &str = "vault-approle.io/status";
 pub const STATUS_INJECTED: &str = "injected";
 /// Written by the system: accessor of the delivered token.
 pub const TOKEN_ACCESSOR: &str = "vault-approle.io/token-accessor";
+/// Written by the system: how many init-container runs of the pod were handed a credential
+/// (crash-loop backoff counts re-deliveries with it).
+pub const DELIVERIES: &str = "vault-approle.io/deliveries";
+/// Written by the system: `<RFC 3339 time> <init-container run>` of the last run handed a
+/// credential (the run is the container ID, or `restart-<n>` when the runtime reports none).
+pub const LAST_DELIVERY: &str = "vault-approle.io/last-delivery";
 
 /// Keys a user may set.
 pub const USER_KEYS: [&str; 5] = [ROLE, CONTAINERS, MOUNT_PATH, PORT, MODE];
 /// Keys the system writes; accepted when present, never required.
-pub const SYSTEM_KEYS: [&str; 2] = [STATUS, TOKEN_ACCESSOR];
+pub const SYSTEM_KEYS: [&str; 4] = [STATUS, TOKEN_ACCESSOR, DELIVERIES, LAST_DELIVERY];
 
 /// Default mount path of the credential volume (and the init container's output dir).
 pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/vault-approle";

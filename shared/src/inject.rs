@@ -26,7 +26,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::annotations::{
-    CONTAINERS, InjectionSpec, MOUNT_PATH, STATUS, STATUS_INJECTED, TOKEN_ACCESSOR, nearest,
+    CONTAINERS, DELIVERIES, InjectionSpec, LAST_DELIVERY, MOUNT_PATH, STATUS, STATUS_INJECTED,
+    TOKEN_ACCESSOR, nearest,
 };
 use crate::{INIT_CONTAINER_NAME, MANAGED_LABEL};
 
@@ -304,14 +305,16 @@ pub fn patch(
         STATUS_INJECTED,
     );
     // A pod created from a copy of an injected pod's YAML must not look delivered already.
-    if meta
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(TOKEN_ACCESSOR))
-    {
-        ops.push(PatchOperation::Remove(RemoveOperation {
-            path: pointer(&["metadata", "annotations", TOKEN_ACCESSOR]),
-        }));
+    for key in [TOKEN_ACCESSOR, DELIVERIES, LAST_DELIVERY] {
+        if meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(key))
+        {
+            ops.push(PatchOperation::Remove(RemoveOperation {
+                path: pointer(&["metadata", "annotations", key]),
+            }));
+        }
     }
     let init = to_value(&init_container(spec, cfg))?;
     ops.push(match &pod_spec.init_containers {

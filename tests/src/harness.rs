@@ -44,6 +44,9 @@ pub const WEBHOOK_CONFIG: &str = "approle-injector";
 pub const CA_SECRET: &str = "approle-injector-ca";
 /// Init container image: kube-dev runs approle-init for images ending in `approle-init`.
 pub const INIT_IMAGE: &str = "ghcr.io/approle-injector/approle-init:dev";
+/// The authorization policy a stack gets unless [`StackOptions::policy`] says otherwise: every
+/// role in every namespace.
+pub const ALLOW_ALL_POLICY: &str = "rules:\n  - roles: [\"*\"]\n    namespaces: [\"*\"]\n";
 
 /// Installs the ring provider (idempotent).
 pub fn install_crypto() {
@@ -283,6 +286,9 @@ pub struct StackOptions {
     pub controller_args: Vec<String>,
     /// How long the init container waits for a push.
     pub init_timeout: String,
+    /// The controller's authorization policy file (YAML, written as is); `None`:
+    /// [`ALLOW_ALL_POLICY`].
+    pub policy: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -293,6 +299,7 @@ impl Default for StackOptions {
             kube_args: Vec::new(),
             controller_args: Vec::new(),
             init_timeout: "60s".into(),
+            policy: None,
         }
     }
 }
@@ -422,6 +429,12 @@ impl Stack {
             options,
         };
         stack.configure_vault().await?;
+        let policy = stack
+            .options
+            .policy
+            .clone()
+            .unwrap_or_else(|| ALLOW_ALL_POLICY.to_owned());
+        stack.write_policy(&policy)?;
         if stack.kube_client.is_some() {
             let namespaces: Api<Namespace> = Api::all(stack.kube_client());
             let ns = serde_json::from_value(json!({"metadata": {"name": CONTROLLER_NAMESPACE}}))?;
@@ -560,6 +573,8 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
             )
             // The caBundle is put in place within a fraction of a second of registration.
             .env("APPROLE_CONTROLLER_CERT_CHECK_INTERVAL", "200ms")
+            .env("APPROLE_CONTROLLER_POLICY_FILE", self.policy_path())
+            .env("APPROLE_CONTROLLER_POLICY_RELOAD_INTERVAL", "200ms")
             .env(
                 "APPROLE_CONTROLLER_LOG_LEVEL",
                 "info,approle_controller=debug",
@@ -605,6 +620,29 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         .await?;
         self.webhook_url = Some(url);
         Ok(())
+    }
+
+    /// The controller's authorization policy file.
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// Replaces the policy file atomically (a new file renamed over it, as a ConfigMap mount
+    /// swaps its symlink); the controller reloads it within its reload interval (200 ms here).
+    pub fn write_policy(&self, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.dir.path().join(".policy.yaml.new");
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.policy_path()).context("replacing the policy file")?;
+        Ok(())
+    }
+
+    /// Body of `GET <path>` on controller `i`'s admin port (`/metrics`, `/readyz`), with status.
+    pub async fn admin_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let base = self
+            .admin_url(i)
+            .context("the controller has not logged its admin port")?;
+        let resp = reqwest::get(format!("{base}{path}")).await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
     }
 
     /// Creates [`WEBHOOK_CONFIG`] calling `url`, or points the existing one at it. The caBundle is
@@ -859,6 +897,14 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         self.audit()
             .iter()
             .filter(|e| e["path"].as_str() == Some(path.as_str()))
+            .count()
+    }
+
+    /// Number of AppRole logins in the audit log (every role).
+    pub fn approle_logins(&self) -> usize {
+        self.audit()
+            .iter()
+            .filter(|e| e["path"].as_str() == Some("auth/approle/login"))
             .count()
     }
 
