@@ -273,6 +273,26 @@ pub struct PodToken {
     pub accessor: String,
 }
 
+/// The repository's `manifests/` directory.
+pub fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// The pod webhook (`inject.vault-approle.io`) of `manifests/base/mutatingwebhook.yaml`, calling
+/// `url` instead of the in-cluster Service.
+pub fn manifest_pod_webhook(url: &str) -> anyhow::Result<Value> {
+    let path = manifests_dir().join("base/mutatingwebhook.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut hook = config["webhooks"]
+        .as_array()
+        .and_then(|hooks| hooks.iter().find(|h| h["name"] == "inject.vault-approle.io"))
+        .cloned()
+        .ok_or_else(|| anyhow!("{}: no webhook inject.vault-approle.io", path.display()))?;
+    hook["clientConfig"] = json!({"url": url});
+    Ok(hook)
+}
+
 /// Options of a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -645,31 +665,15 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         Ok((resp.status().as_u16(), resp.text().await?))
     }
 
-    /// Creates [`WEBHOOK_CONFIG`] calling `url`, or points the existing one at it. The caBundle is
-    /// left to the controller. Only pods with a `vault-approle.io/` annotation and not injected
-    /// yet are sent (matchConditions), and never those of the controller's namespace or
-    /// kube-system, so with the webhook down (failurePolicy Fail) only opted-in pods are refused.
+    /// Creates [`WEBHOOK_CONFIG`] calling `url`, or points the existing one at it. The webhook is
+    /// the pod webhook of `manifests/base/mutatingwebhook.yaml` (what a real cluster installs),
+    /// with its service reference replaced by `url`. The caBundle is left to the controller.
+    /// Only pods with a `vault-approle.io/` annotation and not injected yet are sent
+    /// (matchConditions), and never those of the controller's namespace or kube-system, so with
+    /// the webhook down (failurePolicy Fail) only opted-in pods are refused.
     pub async fn register_webhook(&self, url: &str) -> anyhow::Result<()> {
         let api: Api<MutatingWebhookConfiguration> = Api::all(self.kube_client());
-        let hook = json!({
-            "name": "inject.vault-approle.io",
-            "clientConfig": {"url": url},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
-                "operator": "NotIn", "values": [CONTROLLER_NAMESPACE, "kube-system"]}]},
-            "matchConditions": [
-                {"name": "opted-in", "expression":
-                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('vault') || k.contains('approle'))"},
-                // The webhook leaves injected pods as they are: no need to call it for them.
-                {"name": "not-injected", "expression":
-                    "!has(object.spec.initContainers) || !object.spec.initContainers.exists(c, c.name == 'vault-approle-init')"},
-            ],
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-        });
+        let hook = manifest_pod_webhook(url)?;
         let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": WEBHOOK_CONFIG}, "webhooks": [hook]
