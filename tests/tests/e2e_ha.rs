@@ -160,10 +160,33 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
         .pod("before-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
     stack.create(&pod).await.expect("create");
-    stack
+    let before = stack
         .wait_pod("before-0", "delivered", DELIVERY, delivered)
         .await
         .expect("delivered by the first leader");
+    // What a leader that died between minting and pushing leaves behind: a live secret_id whose
+    // metadata names one of our pods. And one of somebody else's, which must survive.
+    let mint = |pod_uid: String| {
+        let stack = &stack;
+        async move {
+            let metadata = json!({ "pod_uid": pod_uid }).to_string();
+            let (status, body) = stack
+                .vault(
+                    "POST",
+                    &format!("auth/approle/role/{ROLE}/secret-id"),
+                    Some(json!({ "metadata": metadata })),
+                )
+                .await
+                .expect("mint");
+            assert_eq!(status, 200, "{body}");
+            body["data"]["secret_id_accessor"]
+                .as_str()
+                .expect("accessor")
+                .to_owned()
+        }
+    };
+    let orphan = mint(before.metadata.uid.clone().expect("uid")).await;
+    let foreign = mint("not-one-of-our-pods".into()).await;
 
     let mut old = stack.controllers.remove(leader);
     old.terminate();
@@ -189,6 +212,21 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
         .register_webhook(&format!("https://{addr}/mutate"))
         .await
         .expect("webhook moved");
+
+    // The new leader swept before delivering: our orphan is gone, the foreign one is not.
+    let live = harness::wait_for("the orphan swept", Duration::from_secs(10), || async {
+        stack
+            .live_secret_ids(ROLE)
+            .await
+            .ok()
+            .filter(|l| !l.contains(&orphan))
+    })
+    .await
+    .expect("orphan destroyed");
+    assert!(
+        live.contains(&foreign),
+        "foreign secret_id destroyed: {live:?}"
+    );
 
     let pod = stack
         .pod("after-0", json!({"vault-approle.io/role": ROLE}))
