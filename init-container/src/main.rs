@@ -167,3 +167,33 @@ fn terminated(signal: &str) -> ExitCode {
     warn!(signal, "{signal} received before a delivery completed");
     ExitCode::Terminated
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_leaves_its_accessor_as_termination_message_and_nothing_else_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("termination-log");
+        let failed = Finish {
+            exit: ExitCode::VaultLogin,
+            accessor: None,
+        };
+        assert_eq!(finished(failed, &path), ExitCode::VaultLogin);
+        assert!(!path.exists());
+        let delivered = Finish {
+            exit: ExitCode::Delivered,
+            accessor: Some("acc-1".into()),
+        };
+        assert_eq!(finished(delivered.clone(), &path), ExitCode::Delivered);
+        let text = std::fs::read_to_string(&path).expect("message");
+        assert_eq!(
+            TerminationMessage::parse(&text),
+            Some(TerminationMessage::delivered("acc-1"))
+        );
+        // No such directory (not in Kubernetes): the delivery still counts.
+        let nowhere = dir.path().join("missing/termination-log");
+        assert_eq!(finished(delivered, &nowhere), ExitCode::Delivered);
+    }
+}

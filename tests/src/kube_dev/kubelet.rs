@@ -1273,3 +1273,30 @@ fn write_app_record(
         .open(lp)?
         .write_all(log.as_bytes())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_messages_are_read_like_the_kubelet_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = termination_message_file(dir.path(), "uid-1", "vault-approle-init");
+        assert!(file.starts_with(pod_dir(dir.path(), "uid-1")));
+        assert_eq!(read_termination_message(&file), None, "no file");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(read_termination_message(&file), None, "empty");
+        std::fs::write(&file, r#"{"status":"delivered"}"#).unwrap();
+        assert_eq!(
+            read_termination_message(&file).as_deref(),
+            Some(r#"{"status":"delivered"}"#)
+        );
+        std::fs::write(&file, "x".repeat(TERMINATION_MESSAGE_MAX + 10)).unwrap();
+        assert_eq!(
+            read_termination_message(&file).map(|m| m.len()),
+            Some(TERMINATION_MESSAGE_MAX)
+        );
+    }
+}
