@@ -17,7 +17,7 @@
 //!  unless the pod already has one
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -98,6 +98,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Deliveries whose status annotation is not written yet (pod UID → token accessor).
     unrecorded: Mutex<HashMap<String, String>>,
+    /// Deliveries this replica annotated whose annotation the cache has not shown yet (pod UIDs):
+    /// the init container's exit may be seen first, and needs no recovery then.
+    recorded: Mutex<HashSet<String>>,
     /// Whether this replica leads: a replica that lost the lease mints nothing more.
     leadership: Leadership,
 }
@@ -124,6 +127,7 @@ impl Context {
             role_ids: Mutex::default(),
             failures: Mutex::default(),
             unrecorded: Mutex::default(),
+            recorded: Mutex::default(),
             leadership: Leadership::always(),
         }
     }
@@ -149,6 +153,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         Decision::Delivered => {
             lock(&ctx.failures).remove(&uid);
             lock(&ctx.unrecorded).remove(&uid);
+            lock(&ctx.recorded).remove(&uid);
             Ok(Action::await_change())
         }
         Decision::Invalid(errors) => {
@@ -174,10 +179,15 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             let pending = lock(&ctx.unrecorded).get(&uid).cloned();
             if let Some(accessor) = pending {
                 record_delivery(&ctx, &pod, Some(&accessor)).await?;
-            } else if let Some(accessor) = recover::delivered_accessor(&pod) {
+            } else if let Some(accessor) = recover::delivered(&pod)
+                && ctx.leadership.is_leader()
+                && !lock(&ctx.recorded).contains(&uid)
+            {
                 // Delivered by a replica that died before annotating (or lost the answer).
-                if ctx.leadership.is_leader() {
-                    recover_delivery(&ctx, &pod, &accessor).await?;
+                match accessor {
+                    Some(accessor) => recover_delivery(&ctx, &pod, &accessor).await?,
+                    // An init container that leaves no message: recorded without accessor.
+                    None => record_delivery(&ctx, &pod, None).await?,
                 }
             }
             Ok(Action::await_change())
@@ -513,6 +523,7 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     )
     .await?;
     lock(&ctx.unrecorded).remove(&pod.uid().unwrap_or_default());
+    lock(&ctx.recorded).insert(pod.uid().unwrap_or_default());
     Ok(())
 }
 

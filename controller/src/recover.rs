@@ -26,8 +26,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use tracing::{debug, info, warn};
 
-/// The accessor the pod's init container reported when it ended successfully, if it did.
-pub fn delivered_accessor(pod: &Pod) -> Option<String> {
+/// `Some` when the pod's init container ended successfully (it holds a delivery), with the
+/// accessor its termination message reported, if any (an older init container leaves none).
+pub fn delivered(pod: &Pod) -> Option<Option<String>> {
     let terminated = pod
         .status
         .as_ref()?
@@ -42,7 +43,13 @@ pub fn delivered_accessor(pod: &Pod) -> Option<String> {
     if terminated.exit_code != 0 {
         return None;
     }
-    TerminationMessage::parse(terminated.message.as_deref()?).map(|m| m.token_accessor)
+    Some(
+        terminated
+            .message
+            .as_deref()
+            .and_then(TerminationMessage::parse)
+            .map(|m| m.token_accessor),
+    )
 }
 
 /// How many Events with `reason` the pod has (events.k8s.io, by the pod's UID).
@@ -133,38 +140,25 @@ mod tests {
     }
 
     #[test]
-    fn the_accessor_comes_only_from_a_successful_init_container_with_a_delivery_message() {
+    fn only_a_successful_init_container_counts_and_its_message_gives_the_accessor() {
         let message = r#"{"status":"delivered","token_accessor":"acc-1"}"#;
+        let empty = r#"{"status":"delivered","token_accessor":""}"#;
+        let exit = |code: i32, message: Option<&str>| json!({"terminated": {"exitCode": code, "message": message}});
         let cases = [
             (
                 "exit 0 with message",
-                json!({"terminated": {"exitCode": 0, "message": message}}),
-                Some("acc-1"),
+                exit(0, Some(message)),
+                Some(Some("acc-1")),
             ),
-            (
-                "exit 0 without message",
-                json!({"terminated": {"exitCode": 0}}),
-                None,
-            ),
-            (
-                "failed",
-                json!({"terminated": {"exitCode": 5, "message": message}}),
-                None,
-            ),
-            (
-                "other message",
-                json!({"terminated": {"exitCode": 0, "message": "bye"}}),
-                None,
-            ),
-            (
-                "empty accessor",
-                json!({"terminated": {"exitCode": 0, "message": r#"{"status":"delivered","token_accessor":""}"#}}),
-                None,
-            ),
+            ("exit 0 without message", exit(0, None), Some(None)),
+            ("failed", exit(5, Some(message)), None),
+            ("other message", exit(0, Some("bye")), Some(None)),
+            ("empty accessor", exit(0, Some(empty)), Some(None)),
             ("running", json!({"running": {}}), None),
         ];
         for (name, state, want) in cases {
-            assert_eq!(delivered_accessor(&pod(state)).as_deref(), want, "{name}");
+            let got = delivered(&pod(state));
+            assert_eq!(got.as_ref().map(Option::as_deref), want, "{name}");
         }
     }
 }
