@@ -15,6 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,13 @@ pub struct Outcome {
 pub struct Reason {
     /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`.
     pub reason: &'static str,
+}
+
+/// Direction label of a leadership change.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transition {
+    /// `acquired` or `lost`.
+    pub transition: &'static str,
 }
 
 /// All metrics of the controller.
@@ -54,6 +62,10 @@ pub struct Metrics {
     pub policy: crate::policy::PolicyMetrics,
     /// Crash-loop backoff: re-deliveries to restarted init containers.
     pub redelivery: crate::redeliver::RedeliveryMetrics,
+    /// 1 while this replica is the leader (delivers and revokes), else 0.
+    pub leader: Gauge,
+    /// Leadership changes of this replica, by direction.
+    pub leader_transitions: Family<Transition, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +79,8 @@ impl Default for Metrics {
         let tokens_revoked = Counter::default();
         // 1 ms to ~16 s: a delivery is tens of milliseconds when all is well.
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let leader = Gauge::default();
+        let leader_transitions = Family::<Transition, Counter>::default();
         // Counter names get `_total` appended by the encoder (prometheus-client panics in debug
         // builds if a counter's name already ends in it).
         registry.register(
@@ -104,6 +118,16 @@ impl Default for Metrics {
         policy.register(&mut registry);
         let redelivery = crate::redeliver::RedeliveryMetrics::default();
         redelivery.register(&mut registry);
+        registry.register(
+            "leader",
+            "1 while this replica is the leader (delivers and revokes), else 0",
+            leader.clone(),
+        );
+        registry.register(
+            "leader_transitions",
+            "Leadership changes of this replica, by direction (acquired, lost)",
+            leader_transitions.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -115,6 +139,8 @@ impl Default for Metrics {
             delivery_seconds,
             policy,
             redelivery,
+            leader,
+            leader_transitions,
         }
     }
 }
@@ -129,6 +155,15 @@ impl Metrics {
     pub fn destroyed(&self, reason: &'static str) {
         self.secret_ids_destroyed
             .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// Records that this replica became (true) or stopped being (false) the leader.
+    pub fn leader_changed(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+        let transition = if leading { "acquired" } else { "lost" };
+        self.leader_transitions
+            .get_or_create(&Transition { transition })
             .inc();
     }
 
@@ -261,6 +296,25 @@ mod tests {
         );
         assert!(text.contains("approle_secret_ids_minted_total 1"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn leadership_shows_as_a_gauge_and_counted_transitions() {
+        let m = Metrics::default();
+        assert!(m.render().contains("approle_leader 0"));
+        m.leader_changed(true);
+        m.leader_changed(false);
+        m.leader_changed(true);
+        let text = m.render();
+        assert!(text.contains("approle_leader 1"), "{text}");
+        assert!(
+            text.contains("approle_leader_transitions_total{transition=\"acquired\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("approle_leader_transitions_total{transition=\"lost\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

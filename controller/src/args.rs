@@ -220,6 +220,38 @@ pub struct Args {
     /// Cap of the re-delivery pause.
     #[arg(long, env = "APPROLE_CONTROLLER_REDELIVERY_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub redelivery_backoff_max: Duration,
+    // --- leader election ---
+    /// Elect one leader among the replicas through a Lease: only the leader delivers and revokes;
+    /// every replica serves the webhook. `--leader-elect=false` for a single replica that never
+    /// waits for a lease (two such replicas would race for every pod).
+    #[arg(long, env = "APPROLE_CONTROLLER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+
+    /// Name of the coordination.k8s.io/v1 Lease the replicas compete for.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_LEADER_LEASE_NAME",
+        default_value = "approle-controller"
+    )]
+    pub leader_lease_name: String,
+
+    /// Namespace of the Lease (default: the controller's own namespace).
+    #[arg(long, env = "APPROLE_CONTROLLER_LEADER_LEASE_NAMESPACE")]
+    pub leader_lease_namespace: Option<String>,
+
+    /// How long a lease stays valid after a replica last saw it renewed: how long a dead
+    /// leader's pods wait for a successor.
+    #[arg(long, env = "APPROLE_CONTROLLER_LEADER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_lease_duration: Duration,
+
+    /// How long the leader keeps retrying a failed renewal before it stops delivering; shorter
+    /// than the lease duration, so it stops before a successor may start.
+    #[arg(long, env = "APPROLE_CONTROLLER_LEADER_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_renew_deadline: Duration,
+
+    /// Pause between lease attempts, of candidates and of the leader renewing.
+    #[arg(long, env = "APPROLE_CONTROLLER_LEADER_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub leader_retry_period: Duration,
 }
 
 /// Where the TLS material comes from.
@@ -400,6 +432,23 @@ mod tests {
         for bad in ["ten", "10mb", "", "-1", "1 Gi"] {
             assert!(parse(&["--init-memory-limit", bad]).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_with_client_go_timings() {
+        let a = parse(&[]).expect("valid");
+        assert!(a.leader_elect);
+        assert_eq!(a.leader_lease_name, "approle-controller");
+        assert_eq!(a.leader_lease_namespace, None);
+        assert_eq!(a.leader_lease_duration, Duration::from_secs(15));
+        assert_eq!(a.leader_renew_deadline, Duration::from_secs(10));
+        assert_eq!(a.leader_retry_period, Duration::from_secs(2));
+        assert!(
+            !parse(&["--leader-elect=false"])
+                .expect("valid")
+                .leader_elect
+        );
+        assert!(parse(&["--leader-elect"]).expect("valid").leader_elect);
     }
 
     #[test]

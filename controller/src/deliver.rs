@@ -6,13 +6,18 @@
 //!                                                       │
 //!            ┌───── push with backoff until the wrap TTL is nearly spent ◀──┘
 //!            │  200 ─▶ annotate pod (status, token-accessor), Event SecretIdDelivered
-//!            │  409 ─▶ someone delivered before: destroy ours, annotate
+//!            │  409 ─▶ someone delivered before: destroy ours; recorded when the init ends
+//!            │  leadership lost ─▶ destroy, stop (the new leader takes the pod over)
 //!            │  4xx/5xx ─▶ destroy, Event DeliveryFailed, requeue with backoff
 //!            │  pod gone / init container ended ─▶ destroy, stop
 //!            └  wrap TTL spent ─▶ destroy, mint again (at most --max-mints), then back off
+//!
+//!  init container ended with 0, pod not annotated (a previous leader died between the push and
+//!  the annotation) ─▶ accessor from its termination message ─▶ annotate; SecretIdDelivered
+//!  unless the pod already has one
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -35,7 +40,9 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
+use crate::leader::Leadership;
 use crate::push::{PushClient, PushFailure};
+use crate::recover;
 
 /// Event reasons (DESIGN.md "What the controller guarantees").
 pub mod reason {
@@ -95,6 +102,11 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Deliveries whose status annotation is not written yet (pod UID → token accessor).
     unrecorded: Mutex<HashMap<String, String>>,
+    /// Deliveries this replica annotated whose annotation the cache has not shown yet (pod UIDs):
+    /// the init container's exit may be seen first, and needs no recovery then.
+    recorded: Mutex<HashSet<String>>,
+    /// Whether this replica leads: a replica that lost the lease mints nothing more.
+    leadership: Leadership,
 }
 
 impl Context {
@@ -121,7 +133,15 @@ impl Context {
             role_ids: Mutex::default(),
             failures: Mutex::default(),
             unrecorded: Mutex::default(),
+            recorded: Mutex::default(),
+            leadership: Leadership::always(),
         }
+    }
+
+    /// Delivers only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 }
 
@@ -153,6 +173,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
         Decision::Delivered => {
             lock(&ctx.failures).remove(&uid);
             lock(&ctx.unrecorded).remove(&uid);
+            lock(&ctx.recorded).remove(&uid);
             Ok(Action::await_change())
         }
         Decision::Invalid(errors) => {
@@ -178,6 +199,16 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             let pending = lock(&ctx.unrecorded).get(&uid).cloned();
             if let Some(accessor) = pending {
                 record_delivery(&ctx, &pod, Some(&accessor)).await?;
+            } else if let Some(accessor) = recover::delivered(&pod)
+                && ctx.leadership.is_leader()
+                && !lock(&ctx.recorded).contains(&uid)
+            {
+                // Delivered by a replica that died before annotating (or lost the answer).
+                match accessor {
+                    Some(accessor) => recover_delivery(&ctx, &pod, &accessor).await?,
+                    // An init container that leaves no message: recorded without accessor.
+                    None => record_delivery(&ctx, &pod, None).await?,
+                }
             }
             Ok(Action::await_change())
         }
@@ -212,6 +243,7 @@ enum PushOutcome {
     WrapExpired(String),
     PodGone,
     Refused(PushFailure),
+    LostLeadership,
 }
 
 async fn deliver(
@@ -222,6 +254,10 @@ async fn deliver(
 ) -> Result<Action, Error> {
     let role = spec.role.as_str();
     let started = Instant::now();
+    if !ctx.leadership.is_leader() {
+        debug!("not the leader (any more): the leader delivers");
+        return Ok(Action::await_change());
+    }
     let token = match read_token(&ctx.settings.token_file).await {
         Ok(t) => {
             ctx.admin.ready.vault_token.store(true, Ordering::Relaxed);
@@ -287,6 +323,7 @@ async fn deliver(
             PushOutcome::WrapExpired(_) => Some("wrap_expired"),
             PushOutcome::PodGone => Some("pod_gone"),
             PushOutcome::Refused(_) => Some("refused"),
+            PushOutcome::LostLeadership => Some("lost_leadership"),
         };
         if let Some(why) = why {
             destroy(ctx, &token, role, &wrapped.secret_id_accessor, why).await;
@@ -318,9 +355,16 @@ async fn deliver(
                 return Ok(Action::await_change());
             }
             PushOutcome::AlreadyDelivered => {
+                // Another replica's push landed first (e.g. a leader that died mid-delivery).
+                // The init container exits right after it and leaves the accessor as its
+                // termination message: the delivery is recorded from that (InitContainerEnded).
                 ctx.admin.metrics.outcome("already_delivered");
-                info!("init container already holds a delivery");
-                record_delivery(ctx, pod, None).await?;
+                info!("init container already holds a delivery; ours was destroyed");
+                return Ok(Action::await_change());
+            }
+            PushOutcome::LostLeadership => {
+                ctx.admin.metrics.outcome("lost_leadership");
+                info!("leadership lost during delivery; our secret_id was destroyed");
                 return Ok(Action::await_change());
             }
             PushOutcome::PodGone => {
@@ -372,6 +416,9 @@ async fn push_until(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
+        if !ctx.leadership.is_leader() {
+            return PushOutcome::LostLeadership;
+        }
         let current = ctx.store.get(&key);
         let same = current
             .as_ref()
@@ -520,7 +567,42 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     )
     .await?;
     lock(&ctx.unrecorded).remove(&pod.uid().unwrap_or_default());
+    lock(&ctx.recorded).insert(pod.uid().unwrap_or_default());
     Ok(())
+}
+
+/// Records a delivery this replica did not see answered: the annotation, and a SecretIdDelivered
+/// Event unless the replica that pushed published one before it died.
+async fn recover_delivery(ctx: &Context, pod: &Pod, accessor: &str) -> Result<(), Error> {
+    info!(
+        token_accessor = accessor,
+        "recording a delivery from the init container's termination message"
+    );
+    let events = recover::delivered_events(&ctx.client, pod, reason::DELIVERED).await;
+    match events {
+        Ok(0) => {
+            let role = pod
+                .annotations()
+                .get(approle_shared::annotations::ROLE)
+                .cloned()
+                .unwrap_or_default();
+            publish(
+                ctx,
+                pod,
+                EventType::Normal,
+                reason::DELIVERED,
+                "Deliver",
+                format!("Vault token for role {role} delivered (accessor {accessor})"),
+            )
+            .await;
+        }
+        Ok(_) => debug!("the delivering replica published the Event already"),
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the delivery Event exists; not publishing a second one")
+        }
+    }
+    ctx.admin.metrics.outcome("recovered");
+    record_delivery(ctx, pod, Some(accessor)).await
 }
 
 /// Publishes an Event about `pod` (notes cut to 1 kB); failures are logged, never fatal.

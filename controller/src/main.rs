@@ -14,10 +14,15 @@
 //!                  ─▶ annotate pod + Event
 //! ```
 //!
+//! Every replica serves the webhook and the admin port; only the leader ([`leader`], a Lease)
+//! runs delivery and revocation ([`term`]), and a new leader first finishes what its predecessor
+//! left ([`recover`]).
+//!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`prune`] (what the pod cache keeps), [`push`] (the mTLS
 //! push client), [`policy`] (authorization policy file, default deny), [`redeliver`] (crash-loop
-//! backoff of re-deliveries).
+//! backoff of re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading),
+//! [`recover`] (taking over from a dead leader), [`shutdown`] (signals).
 
 #![forbid(unsafe_code)]
 
@@ -26,11 +31,15 @@ mod args;
 mod certs;
 mod decide;
 mod deliver;
+mod leader;
 mod policy;
 mod prune;
 mod push;
+mod recover;
 mod redeliver;
 mod revoke;
+mod shutdown;
+mod term;
 mod webhook;
 
 use std::sync::Arc;
@@ -38,16 +47,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use approle_shared::MANAGED_LABEL;
 use approle_shared::tls;
 use approle_shared::vault::{Vault, VaultConfig};
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::controller::{Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -149,88 +154,55 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         Reporter {
             controller: "approle-controller".into(),
-            instance: Some(instance),
+            instance: Some(instance.clone()),
         },
     );
 
-    // Only our pods: the cache holds what the webhook labelled, not every pod of the cluster.
-    let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
-    tokio::spawn(revoke::run(
-        watcher::watcher(pods.clone(), watch.clone()).default_backoff(),
-        vault.clone(),
-        args.vault_token_file.clone(),
-        admin.clone(),
-    ));
-    // The cache keeps a pruned copy of each pod (prune.rs): well under 1 KiB instead of 10–20.
-    let (reader, writer) = reflector::store();
-    let pruned = watcher::watcher(pods, watch)
-        .modify(prune::prune)
-        .reflect(writer)
-        .applied_objects();
-    let controller = Controller::for_stream(pruned, reader)
-        .with_config(Config::default().concurrency(args.concurrency))
-        // A new policy re-checks every pod at once (denied ones may be allowed now).
-        .reconcile_all_on(authorizer.changes())
-        // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;
-        // a second one aborts.
-        .shutdown_on_signal();
-    let store = controller.store();
-    let synced = admin.clone();
-    tokio::spawn(async move {
-        // kube's store readiness is a oneshot that wakes only its most recent waiter, and the
-        // controller's own applier waits on it too: poll again each second instead of waiting once
-        // (a fresh wait returns at once after the first full list).
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    info!("pod watch synced");
-                    synced.ready.watch_synced.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "pod watch never synced");
-                    return;
-                }
-                Err(_) => continue,
-            }
-        }
-    });
     // Ready as soon as the token can be read; deliveries keep this current afterwards.
     admin.ready.vault_token.store(
         std::fs::read_to_string(&args.vault_token_file).is_ok_and(|t| !t.trim().is_empty()),
         Ordering::Relaxed,
     );
-    let ctx = Arc::new(
-        deliver::Context::new(
-            client,
-            controller.store(),
-            vault,
-            started.push,
-            recorder,
-            deliver::Settings {
-                mount: args.approle_mount.clone(),
-                token_file: args.vault_token_file.clone(),
-                secret_id_ttl: args.secret_id_ttl,
-                wrap_ttl: args.wrap_ttl,
-                max_mints: args.max_mints,
-            },
-            admin,
-        )
-        .with_authorizer(authorizer)
-        .with_redelivery(redeliver::Settings {
-            base: args.redelivery_backoff,
-            max: args.redelivery_backoff_max,
-        }),
-    );
+    let settings = deliver::Settings {
+        mount: args.approle_mount.clone(),
+        token_file: args.vault_token_file.clone(),
+        secret_id_ttl: args.secret_id_ttl,
+        wrap_ttl: args.wrap_ttl,
+        max_mints: args.max_mints,
+    };
+    let stop = shutdown::on_signals();
+    let (leadership, elector) = leader::start(&args, &client, &self_namespace, &instance, &admin)
+        .map_err(anyhow::Error::msg)?;
     info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
-    controller
-        .run(deliver::reconcile, deliver::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "controller");
-            }
-        })
-        .await;
+    let redelivery = redeliver::Settings {
+        base: args.redelivery_backoff,
+        max: args.redelivery_backoff_max,
+    };
+    let delivery = term::Delivery {
+        pods,
+        concurrency: args.concurrency,
+        vault: vault.clone(),
+        token_file: args.vault_token_file.clone(),
+        mount: args.approle_mount.clone(),
+        admin: admin.clone(),
+        authorizer: authorizer.clone(),
+        context: move |store| {
+            deliver::Context::new(
+                client.clone(),
+                store,
+                vault.clone(),
+                started.push.clone(),
+                recorder.clone(),
+                settings.clone(),
+                admin.clone(),
+            )
+            .with_authorizer(authorizer.clone())
+            .with_redelivery(redelivery.clone())
+        },
+    };
+    term::run(delivery, leadership, stop).await;
+    // In-flight deliveries have ended: hand the lease to a successor at once.
+    elector.release().await;
     // Reviews in flight get a moment to be answered.
     server.graceful_shutdown(Some(Duration::from_secs(5)));
     info!("approle-controller stopped");

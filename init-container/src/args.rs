@@ -97,6 +97,12 @@ pub struct Args {
     #[arg(long, env = "APPROLE_INIT_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub body_read_timeout: Duration,
 
+    /// Where the termination message goes after a delivery (the token's accessor, never a
+    /// credential): the kubelet shows it in the pod's status, so a controller that lost the push's
+    /// answer can still record the delivery. Failure to write it is logged and ignored.
+    #[arg(long, env = "APPROLE_INIT_TERMINATION_MESSAGE_PATH", default_value = approle_shared::push::TERMINATION_MESSAGE_PATH)]
+    pub termination_message_path: PathBuf,
+
     /// Log filter in tracing EnvFilter syntax (e.g. `info`, `approle_init=debug`).
     #[arg(long, env = "APPROLE_INIT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -21,15 +21,18 @@ mod deliver;
 mod server;
 
 use anyhow::Context;
+use std::path::Path;
+
 use approle_shared::exit::ExitCode;
+use approle_shared::push::TerminationMessage;
 use clap::Parser;
 use clap::error::ErrorKind;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::args::{Args, Config};
 use crate::deliver::Deliverer;
-use crate::server::{Phase, Server};
+use crate::server::{Finish, Phase, Server};
 
 fn main() -> std::process::ExitCode {
     approle_shared::tls::install_crypto_provider();
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("approle-init: bad configuration: --log-level (APPROLE_INIT_LOG_LEVEL): {e}");
         return ExitCode::BadConfig.into();
     }
+    let termination_message_path = args.termination_message_path.clone();
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -60,7 +64,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .context("building the tokio runtime");
     let code = runtime
-        .and_then(|rt| rt.block_on(run(config)))
+        .and_then(|rt| rt.block_on(run(config, &termination_message_path)))
         .unwrap_or_else(|error| {
             error!(error = format!("{error:#}"), "internal error");
             ExitCode::Internal
@@ -74,7 +78,7 @@ fn main() -> std::process::ExitCode {
     code.into()
 }
 
-async fn run(config: Config) -> anyhow::Result<ExitCode> {
+async fn run(config: Config, termination_message_path: &Path) -> anyhow::Result<ExitCode> {
     let Config {
         listen,
         role,
@@ -115,7 +119,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let mut stop = std::pin::pin!(stop_signal(sigterm, sigint));
     tokio::select! {
         biased;
-        finish = &mut serve => return Ok(finish.exit),
+        finish = &mut serve => return Ok(finished(finish, termination_message_path)),
         signal = &mut stop => return Ok(terminated(signal)),
         () = tokio::time::sleep(timeout) => {}
     }
@@ -129,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     warn!(timeout = %waited, "the timeout of {waited} passed while a delivery is in flight; letting it finish");
     Ok(tokio::select! {
         biased;
-        finish = &mut serve => finish.exit,
+        finish = &mut serve => finished(finish, termination_message_path),
         signal = &mut stop => terminated(signal),
         _ = phase.wait_for(|p| *p == Phase::Waiting) => {
             error!(timeout = %waited, "no valid push was delivered within {waited}; giving up");
@@ -146,7 +150,50 @@ async fn stop_signal(mut sigterm: Signal, mut sigint: Signal) -> &'static str {
     }
 }
 
+/// A delivery ended the server: on success, leave the accessor as the termination message.
+fn finished(finish: Finish, path: &Path) -> ExitCode {
+    if let (ExitCode::Delivered, Some(accessor)) = (finish.exit, finish.accessor.as_deref()) {
+        let message = TerminationMessage::delivered(accessor);
+        let text = serde_json::to_string(&message).expect("two strings serialize");
+        if let Err(error) = std::fs::write(path, text) {
+            // Outside Kubernetes there may be no such file; the delivery itself succeeded.
+            debug!(path = %path.display(), %error, "no termination message written");
+        }
+    }
+    finish.exit
+}
+
 fn terminated(signal: &str) -> ExitCode {
     warn!(signal, "{signal} received before a delivery completed");
     ExitCode::Terminated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_leaves_its_accessor_as_termination_message_and_nothing_else_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("termination-log");
+        let failed = Finish {
+            exit: ExitCode::VaultLogin,
+            accessor: None,
+        };
+        assert_eq!(finished(failed, &path), ExitCode::VaultLogin);
+        assert!(!path.exists());
+        let delivered = Finish {
+            exit: ExitCode::Delivered,
+            accessor: Some("acc-1".into()),
+        };
+        assert_eq!(finished(delivered.clone(), &path), ExitCode::Delivered);
+        let text = std::fs::read_to_string(&path).expect("message");
+        assert_eq!(
+            TerminationMessage::parse(&text),
+            Some(TerminationMessage::delivered("acc-1"))
+        );
+        // No such directory (not in Kubernetes): the delivery still counts.
+        let nowhere = dir.path().join("missing/termination-log");
+        assert_eq!(finished(delivered, &nowhere), ExitCode::Delivered);
+    }
 }

@@ -68,6 +68,38 @@ pub struct PushResponse {
     pub expires_at: String,
 }
 
+/// Default path of the container's termination message (Kubernetes' `terminationMessagePath`).
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+/// What the init container leaves as its termination message after a delivery; the kubelet
+/// copies it into `status.initContainerStatuses[].state.terminated.message`. It lets a controller
+/// that never saw the 200 (its predecessor was killed after the push) record the accessor.
+/// Never a credential: an accessor cannot authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminationMessage {
+    /// Always `delivered`.
+    pub status: String,
+    /// Accessor of the delivered token.
+    pub token_accessor: String,
+}
+
+impl TerminationMessage {
+    /// The message of a delivery.
+    pub fn delivered(token_accessor: &str) -> Self {
+        Self {
+            status: "delivered".into(),
+            token_accessor: token_accessor.to_owned(),
+        }
+    }
+
+    /// Reads a message back; `None` for anything else (older init containers leave none).
+    pub fn parse(message: &str) -> Option<Self> {
+        serde_json::from_str::<Self>(message)
+            .ok()
+            .filter(|m| m.status == "delivered" && !m.token_accessor.is_empty())
+    }
+}
+
 /// 4xx/5xx answer body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushError {

@@ -23,6 +23,7 @@ use approle_shared::annotations::InjectionSpec;
 use approle_shared::inject::{self, InjectConfig};
 use approle_shared::tls::Ca;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -42,6 +43,8 @@ pub const CONTROLLER_NAMESPACE: &str = "approle-system";
 pub const WEBHOOK_CONFIG: &str = "approle-injector";
 /// The controller's CA Secret (its default name).
 pub const CA_SECRET: &str = "approle-injector-ca";
+/// The controllers' leader-election Lease (in [`CONTROLLER_NAMESPACE`], the default name).
+pub const LEADER_LEASE: &str = "approle-controller";
 /// Init container image: kube-dev runs approle-init for images ending in `approle-init`.
 pub const INIT_IMAGE: &str = "ghcr.io/approle-injector/approle-init:dev";
 /// The authorization policy a stack gets unless [`StackOptions::policy`] says otherwise: every
@@ -519,7 +522,9 @@ impl Stack {
             json!({"policy": r#"
 path "auth/approle/role/+/role-id" { capabilities = ["read"] }
 path "auth/approle/role/+/secret-id" { capabilities = ["update"] }
+path "auth/approle/role/+/secret-id/" { capabilities = ["list"] }
 path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
+path "auth/approle/role/+/secret-id-accessor/lookup" { capabilities = ["update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 "#}),
         )
@@ -605,6 +610,8 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("controller-"))
             .count();
+        // The instance name is the log's name, so a Lease holder maps back to its process.
+        cmd.env("APPROLE_CONTROLLER_INSTANCE", format!("controller-{n}"));
         let (proc, _) = Proc::spawn(
             &format!("controller-{n}"),
             cmd,
@@ -767,6 +774,30 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
             .get(i)?
             .logged_addr("admin port listening")?;
         Some(format!("http://{addr}"))
+    }
+
+    /// The `holderIdentity` of the controllers' leader-election Lease (empty when released),
+    /// `None` while there is no Lease.
+    pub async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.kube_client(), CONTROLLER_NAMESPACE);
+        let lease = leases.get_opt(LEADER_LEASE).await.ok().flatten()?;
+        Some(lease.spec?.holder_identity.unwrap_or_default())
+    }
+
+    /// Index in [`Stack::controllers`] of the controller whose election identity is `identity`
+    /// (`<instance>_<suffix>`, the instance being the log name).
+    pub fn controller_index(&self, identity: &str) -> Option<usize> {
+        let instance = identity.rsplit_once('_').map_or(identity, |(i, _)| i);
+        self.controllers.iter().position(|c| c.name == instance)
+    }
+
+    /// Waits for a leader among the controllers; returns its index in [`Stack::controllers`].
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        wait_for("a controller to lead", timeout, || async {
+            let holder = self.lease_holder().await?;
+            self.controller_index(&holder)
+        })
+        .await
     }
 
     /// Pods in `default`.

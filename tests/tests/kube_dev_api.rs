@@ -261,6 +261,59 @@ async fn stale_updates_conflict_for_pods_and_leases() {
 }
 
 #[tokio::test]
+async fn leases_behave_like_the_api_server_for_leader_election() {
+    let (_kd, client) = start().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "elect"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 0,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z",
+                 "renewTime": "2026-01-01T00:00:01.123456Z"}
+    }))
+    .expect("lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create lease");
+    // Two candidates creating at once: the second gets 409 AlreadyExists (not Conflict).
+    let exists = api_error(
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .expect_err("exists"),
+    );
+    assert_eq!(
+        (exists.code, exists.reason.as_str()),
+        (409, "AlreadyExists")
+    );
+    assert_eq!(
+        exists.message,
+        "leases.coordination.k8s.io \"elect\" already exists"
+    );
+    // MicroTime comes back as written: RFC 3339, six fractional digits, Z.
+    let raw: serde_json::Value = client
+        .request(
+            http::Request::get("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/elect")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("raw get");
+    assert_eq!(raw["spec"]["renewTime"], "2026-01-01T00:00:01.123456Z");
+    assert_eq!(raw["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
+    // A release (holder cleared) keeps the object; the next candidate replaces it.
+    let mut released = leases.get("elect").await.expect("get");
+    let spec = released.spec.as_mut().expect("spec");
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    let released = leases
+        .replace("elect", &PostParams::default(), &released)
+        .await
+        .expect("release");
+    assert_eq!(released.spec.and_then(|s| s.holder_identity), None);
+}
+
+#[tokio::test]
 async fn raw_watch_reports_added_modified_deleted_in_order() {
     let (_kd, client) = start().await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());

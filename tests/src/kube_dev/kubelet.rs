@@ -38,6 +38,25 @@ use super::store::{ChangeKind, Store, Update};
 use super::tokens::TokenIssuer;
 use super::util::{metadata_mut, name_of, namespace_of, now_time, random_hex, str_at, uid_of};
 
+/// Environment variable through which a real init process learns where its termination message
+/// goes (`APPROLE_INIT_TERMINATION_MESSAGE_PATH`): kube-dev points it at a host file instead of
+/// bind-mounting one at `terminationMessagePath`.
+pub const TERMINATION_MESSAGE_ENV: &str = "APPROLE_INIT_TERMINATION_MESSAGE_PATH";
+/// The kubelet keeps at most this much of a termination message (Kubernetes' 4 KiB limit).
+pub const TERMINATION_MESSAGE_MAX: usize = 4096;
+
+fn termination_message_file(root: &Path, uid: &str, container: &str) -> PathBuf {
+    pod_dir(root, uid).join(format!("termination-{container}"))
+}
+
+/// The message a container left, cut to [`TERMINATION_MESSAGE_MAX`] bytes; none if empty.
+fn read_termination_message(path: &Path) -> Option<String> {
+    let mut bytes = std::fs::read(path).ok()?;
+    bytes.truncate(TERMINATION_MESSAGE_MAX);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 /// Image repository suffix of init containers run as real processes.
 pub const INIT_IMAGE_SUFFIX: &str = "approle-init";
 /// Default push port of the init container (`APPROLE_INIT_LISTEN`).
@@ -778,6 +797,9 @@ impl PodTask {
         let cid = random_hex(32);
         let started_at = now_time();
         let real = image_repository(str_at(c, &["image"])).ends_with(INIT_IMAGE_SUFFIX);
+        let message_file = termination_message_file(self.root(), &self.uid, str_at(c, &["name"]));
+        // A restarted container starts without its predecessor's message.
+        let _ = std::fs::remove_file(&message_file);
         let mut child = if real { Some(self.spawn(c)?) } else { None };
         set(
             &mut lock(&self.rt),
@@ -802,13 +824,16 @@ impl PodTask {
         let Exit::Code(code) = exit else {
             return Ok(Exit::Stopped);
         };
-        let term = json!({"terminated": {
+        let mut term = json!({"terminated": {
             "exitCode": code,
             "reason": if code == 0 { "Completed" } else { "Error" },
             "startedAt": started_at,
             "finishedAt": now_time(),
             "containerID": format!("containerd://{cid}"),
         }});
+        if let Some(message) = read_termination_message(&message_file) {
+            term["terminated"]["message"] = json!(message);
+        }
         set(
             &mut lock(&self.rt),
             container_status(c, term, code == 0, restarts, &cid),
@@ -926,6 +951,14 @@ impl PodTask {
             format!("{}:{listen_port}", facts.pod_ip),
         ));
         final_env.push(("APPROLE_INIT_SOURCE_ADDRESS".into(), facts.pod_ip.clone()));
+        // The container's terminationMessagePath, as a host file the kubelet reads after exit.
+        final_env.retain(|(k, _)| k != TERMINATION_MESSAGE_ENV);
+        final_env.push((
+            TERMINATION_MESSAGE_ENV.into(),
+            termination_message_file(self.root(), &self.uid, str_at(c, &["name"]))
+                .to_string_lossy()
+                .into_owned(),
+        ));
         final_env.push(("HOSTNAME".into(), self.name.clone()));
         if let Ok(path) = std::env::var("PATH")
             && !final_env.iter().any(|(k, _)| k == "PATH")
@@ -1239,4 +1272,31 @@ fn write_app_record(
         .append(true)
         .open(lp)?
         .write_all(log.as_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_messages_are_read_like_the_kubelet_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = termination_message_file(dir.path(), "uid-1", "vault-approle-init");
+        assert!(file.starts_with(pod_dir(dir.path(), "uid-1")));
+        assert_eq!(read_termination_message(&file), None, "no file");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(read_termination_message(&file), None, "empty");
+        std::fs::write(&file, r#"{"status":"delivered"}"#).unwrap();
+        assert_eq!(
+            read_termination_message(&file).as_deref(),
+            Some(r#"{"status":"delivered"}"#)
+        );
+        std::fs::write(&file, "x".repeat(TERMINATION_MESSAGE_MAX + 10)).unwrap();
+        assert_eq!(
+            read_termination_message(&file).map(|m| m.len()),
+            Some(TERMINATION_MESSAGE_MAX)
+        );
+    }
 }

@@ -1,0 +1,182 @@
+//! Leadership terms: while this replica leads, it runs the delivery controller and the revocation
+//! watch; when leadership is lost (or the process stops) both end gracefully and the replica
+//! waits to lead again. The webhook and the admin port run outside terms, on every replica.
+//!
+//! ```text
+//!   wait until leading ─▶ sweep orphaned secret_ids ─▶ Controller + revoke watch
+//!          ▲                                              │ lost / stop: no new work,
+//!          └────────────── (not stopping) ◀───────────────┘ in-flight deliveries end
+//! ```
+//!
+//! Each term starts its own watch, so a new leader begins from a fresh list of the pods.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use approle_shared::MANAGED_LABEL;
+use approle_shared::secret::ClientToken;
+use approle_shared::vault::Vault;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Config, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::admin::{Admin, Reason};
+use crate::leader::Leadership;
+use crate::policy::Authorizer;
+use crate::{deliver, prune, recover, revoke};
+
+/// What a term needs; `context` builds the delivery context around the term's pod cache.
+pub struct Delivery<F> {
+    /// Where the pods are watched.
+    pub pods: Api<Pod>,
+    /// Pods delivered at the same time.
+    pub concurrency: u16,
+    /// Vault, for the revocation watch and the orphan sweep.
+    pub vault: Vault,
+    /// The controller's Vault token file.
+    pub token_file: PathBuf,
+    /// AppRole mount.
+    pub mount: String,
+    /// Metrics and readiness.
+    pub admin: Arc<Admin>,
+    /// The authorization policy: a new one re-checks every pod.
+    pub authorizer: Authorizer,
+    /// Builds the delivery context for a term's pod cache.
+    pub context: F,
+}
+
+/// Runs a term each time this replica leads, until `stop` fires.
+pub async fn run<F>(delivery: Delivery<F>, leadership: Leadership, mut stop: watch::Receiver<bool>)
+where
+    F: Fn(Store<Pod>) -> deliver::Context,
+{
+    while leadership.acquired(&mut stop).await {
+        one(&delivery, &leadership, &stop).await;
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+async fn one<F>(d: &Delivery<F>, leadership: &Leadership, stop: &watch::Receiver<bool>)
+where
+    F: Fn(Store<Pod>) -> deliver::Context,
+{
+    // Two one-shot signals for the end of the term: one ends the controller, one the revocation
+    // watch (the controller needs a Send + Sync future).
+    let (end_controller, controller_ended) = oneshot::channel::<()>();
+    let (end_revoke, revoke_ended) = oneshot::channel::<()>();
+    let watcher_task = {
+        let (leadership, mut stop) = (leadership.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = leadership.lost() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            let _ = end_controller.send(());
+            let _ = end_revoke.send(());
+        })
+    };
+    sweep(d).await;
+    let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
+    let revoking = tokio::spawn(revoke::run(
+        watcher::watcher(d.pods.clone(), watch.clone())
+            .default_backoff()
+            .take_until(revoke_ended),
+        d.vault.clone(),
+        d.token_file.clone(),
+        d.admin.clone(),
+    ));
+    // The cache keeps a pruned copy of each pod (prune.rs): well under 1 KiB instead of 10–20.
+    let (reader, writer) = reflector::store();
+    let pruned = watcher::watcher(d.pods.clone(), watch)
+        .modify(prune::prune)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(pruned, reader)
+        .with_config(Config::default().concurrency(d.concurrency))
+        // A new policy re-checks every pod at once (denied ones may be allowed now).
+        .reconcile_all_on(d.authorizer.changes())
+        .graceful_shutdown_on(controller_ended.map(|_| ()));
+    let synced = tokio::spawn(mark_synced(controller.store(), d.admin.clone()));
+    let ctx = Arc::new((d.context)(controller.store()).with_leadership(leadership.clone()));
+    controller
+        .run(deliver::reconcile, deliver::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller");
+            }
+        })
+        .await;
+    synced.abort();
+    watcher_task.abort();
+    if let Err(e) = revoking.await {
+        warn!(error = %e, "revocation watch ended abnormally");
+    }
+    info!("delivery stopped: in-flight deliveries ended");
+}
+
+/// Marks the pod watch synced once the term's cache has listed.
+async fn mark_synced(store: Store<Pod>, admin: Arc<Admin>) {
+    // kube's store readiness is a oneshot that wakes only its most recent waiter, and the
+    // controller's own applier waits on it too: poll again each second instead of waiting once
+    // (a fresh wait returns at once after the first full list).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(Ok(())) => {
+                info!("pod watch synced");
+                admin.ready.watch_synced.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "pod watch never synced");
+                return;
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Destroys what a previous leader minted and never delivered, before delivering anything.
+async fn sweep<F>(d: &Delivery<F>) {
+    let listed = d
+        .pods
+        .list(&ListParams::default().labels(&format!("{MANAGED_LABEL}=true")))
+        .await;
+    let pods = match listed {
+        Ok(list) if list.items.is_empty() => return,
+        Ok(list) => list.items,
+        Err(e) => {
+            warn!(error = %e, "listing pods for the orphan sweep failed; orphans expire by their TTL");
+            return;
+        }
+    };
+    let token = match tokio::fs::read_to_string(&d.token_file).await {
+        Ok(t) => ClientToken::new(t.trim()),
+        Err(e) => {
+            warn!(error = %e, "cannot read the Vault token file for the orphan sweep");
+            return;
+        }
+    };
+    match recover::sweep_orphans(&d.vault, &token, &d.mount, &pods).await {
+        Ok(0) => {}
+        Ok(n) => {
+            d.admin
+                .metrics
+                .secret_ids_destroyed
+                .get_or_create(&Reason { reason: "orphaned" })
+                .inc_by(n as u64);
+            info!(destroyed = n, "orphaned secret_ids destroyed");
+        }
+        Err(e) => {
+            warn!(error = %e, "orphan sweep failed; orphans expire by their TTL")
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! High availability: two controller replicas elect a leader through a Lease; only the leader
+//! delivers. Killing the leader in the middle of a burst loses no pod and delivers none twice;
+//! stopping it gracefully hands the lease over at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use approle_testkit::harness::{self, ROLE, Stack, StackOptions, annotation, delivered};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+const DELIVERY: Duration = Duration::from_secs(90);
+/// Short election timings, so a killed leader is replaced within seconds.
+const FAST_ELECTION: [&str; 3] = [
+    "--leader-lease-duration=3s",
+    "--leader-renew-deadline=2s",
+    "--leader-retry-period=500ms",
+];
+const BURST: usize = 50;
+
+async fn two_replicas(args: &[&str]) -> Stack {
+    let mut stack = Stack::start(StackOptions {
+        controller_args: args.iter().map(|a| a.to_string()).collect(),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    stack.start_controller().await.expect("second replica");
+    stack
+}
+
+async fn delivered_pods(stack: &Stack) -> Vec<Pod> {
+    stack
+        .pods()
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.into_iter().filter(delivered).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_burst_delivers_every_pod_exactly_once() {
+    let _one = harness::exclusive().await;
+    let mut stack = two_replicas(&FAST_ELECTION).await;
+    let leader = stack
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let first_holder = stack.lease_holder().await.expect("lease");
+
+    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+    let creates = names.iter().map(|n| {
+        let pod = stack
+            .pod(n, json!({"vault-approle.io/role": ROLE}))
+            .expect("pod");
+        let stack = &stack;
+        async move { stack.create(&pod).await.expect("create") }
+    });
+    futures::future::join_all(creates).await;
+    let at_kill = harness::wait_for("10 pods delivered", DELIVERY, || async {
+        let n = delivered_pods(&stack).await.len();
+        (n >= 10).then_some(n)
+    })
+    .await
+    .expect("some delivered");
+    stack.controllers[leader].kill().await;
+    eprintln!("killed the leader with {at_kill}/{BURST} pods delivered");
+
+    // The other replica takes over once the lease expires, and delivers the rest.
+    let new_holder = harness::wait_for("a new leader", Duration::from_secs(20), || async {
+        stack
+            .lease_holder()
+            .await
+            .filter(|h| *h != first_holder && !h.is_empty())
+    })
+    .await
+    .expect("takeover");
+    assert_ne!(stack.controller_index(&new_holder), Some(leader));
+    harness::wait_for("every pod delivered", DELIVERY, || async {
+        (delivered_pods(&stack).await.len() == BURST).then_some(())
+    })
+    .await
+    .expect("all delivered");
+
+    // Exactly once: the recorded accessor is the token's, one login per pod IP, one Event.
+    let logins: HashMap<String, usize> = stack
+        .audit()
+        .iter()
+        .filter(|e| e["path"] == "auth/approle/login" && e["status"] == 200)
+        .fold(HashMap::new(), |mut m, e| {
+            let ip = e["remote_address"].as_str().unwrap_or_default().to_owned();
+            *m.entry(ip).or_default() += 1;
+            m
+        });
+    for pod in delivered_pods(&stack).await {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let token = stack.working_token(&pod).await.expect("a working token");
+        assert_eq!(
+            annotation(&pod, "vault-approle.io/token-accessor").as_deref(),
+            Some(token.accessor.as_str()),
+            "{name}: recorded accessor"
+        );
+        assert_eq!(
+            logins.get(&token.ip),
+            Some(&1),
+            "{name}: logins from {}",
+            token.ip
+        );
+        let events = stack.events_for(&name).await.expect("events");
+        let delivered_events = events
+            .iter()
+            .filter(|(r, _)| r == "SecretIdDelivered")
+            .count();
+        assert_eq!(delivered_events, 1, "{name}: {events:?}");
+    }
+    harness::wait_for(
+        "no live secret_id left",
+        Duration::from_secs(30),
+        || async {
+            stack
+                .live_secret_ids(ROLE)
+                .await
+                .ok()
+                .filter(|l| l.is_empty())
+        },
+    )
+    .await
+    .expect("no leftovers");
+    let survivor = stack
+        .controller_index(&new_holder)
+        .expect("the new leader is one of ours");
+    let metrics = reqwest::get(format!(
+        "{}/metrics",
+        stack.admin_url(survivor).expect("admin")
+    ))
+    .await
+    .expect("metrics")
+    .text()
+    .await
+    .expect("text");
+    assert!(metrics.contains("approle_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("approle_leader_transitions_total{transition=\"acquired\"} 1"),
+        "{metrics}"
+    );
+    stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_gracefully_hands_over_at_once() {
+    let _one = harness::exclusive().await;
+    // Default timings: a lease that merely expired would keep the successor waiting 15 s.
+    let mut stack = two_replicas(&[]).await;
+    let leader = stack
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let first_holder = stack.lease_holder().await.expect("lease");
+    let pod = stack
+        .pod("before-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let before = stack
+        .wait_pod("before-0", "delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered by the first leader");
+    // What a leader that died between minting and pushing leaves behind: a live secret_id whose
+    // metadata names one of our pods. And one of somebody else's, which must survive.
+    let mint = |pod_uid: String| {
+        let stack = &stack;
+        async move {
+            let metadata = json!({ "pod_uid": pod_uid }).to_string();
+            let (status, body) = stack
+                .vault(
+                    "POST",
+                    &format!("auth/approle/role/{ROLE}/secret-id"),
+                    Some(json!({ "metadata": metadata })),
+                )
+                .await
+                .expect("mint");
+            assert_eq!(status, 200, "{body}");
+            body["data"]["secret_id_accessor"]
+                .as_str()
+                .expect("accessor")
+                .to_owned()
+        }
+    };
+    let orphan = mint(before.metadata.uid.clone().expect("uid")).await;
+    let foreign = mint("not-one-of-our-pods".into()).await;
+
+    let mut old = stack.controllers.remove(leader);
+    old.terminate();
+    old.wait(Duration::from_secs(15)).await.expect("stops");
+    assert!(old.output().contains("lease released"), "{}", old.output());
+    // Released: the standby's next attempt (every ~2–4 s) takes it, well within the 15 s lease.
+    let started = std::time::Instant::now();
+    let holder = harness::wait_for("the standby to lead", Duration::from_secs(8), || async {
+        stack
+            .lease_holder()
+            .await
+            .filter(|h| *h != first_holder && !h.is_empty())
+    })
+    .await
+    .expect("handover");
+    eprintln!("handover after {:?}", started.elapsed());
+    let survivor = stack.controller_index(&holder).expect("one of ours");
+    // Admission goes to the surviving replica (every replica serves the webhook).
+    let addr = stack.controllers[survivor]
+        .logged_addr("webhook listening")
+        .expect("webhook address");
+    stack
+        .register_webhook(&format!("https://{addr}/mutate"))
+        .await
+        .expect("webhook moved");
+
+    // The new leader swept before delivering: our orphan is gone, the foreign one is not.
+    let live = harness::wait_for("the orphan swept", Duration::from_secs(10), || async {
+        stack
+            .live_secret_ids(ROLE)
+            .await
+            .ok()
+            .filter(|l| !l.contains(&orphan))
+    })
+    .await
+    .expect("orphan destroyed");
+    assert!(
+        live.contains(&foreign),
+        "foreign secret_id destroyed: {live:?}"
+    );
+
+    let pod = stack
+        .pod("after-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let pod = stack
+        .wait_pod(
+            "after-0",
+            "delivered by the new leader",
+            DELIVERY,
+            delivered,
+        )
+        .await
+        .expect("delivered");
+    stack.working_token(&pod).await.expect("works");
+}
