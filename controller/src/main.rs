@@ -197,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 admin.clone(),
             )
             .with_authorizer(authorizer.clone())
-            .with_redelivery(redelivery.clone())
+            .with_redelivery(redelivery)
         },
     };
     term::run(delivery, leadership, stop).await;

@@ -285,11 +285,17 @@ pub fn manifests_dir() -> PathBuf {
 /// `url` instead of the in-cluster Service.
 pub fn manifest_pod_webhook(url: &str) -> anyhow::Result<Value> {
     let path = manifests_dir().join("base/mutatingwebhook.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut hook = config["webhooks"]
         .as_array()
-        .and_then(|hooks| hooks.iter().find(|h| h["name"] == "inject.vault-approle.io"))
+        .and_then(|hooks| {
+            hooks
+                .iter()
+                .find(|h| h["name"] == "inject.vault-approle.io")
+        })
         .cloned()
         .ok_or_else(|| anyhow!("{}: no webhook inject.vault-approle.io", path.display()))?;
     hook["clientConfig"] = json!({"url": url});

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use approle_testkit::harness::{bin_path, manifest_pod_webhook, manifests_dir};
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read manifests dir").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("read manifests dir")
+        .flatten()
+    {
         let path = entry.path();
         if path.is_dir() {
             yaml_files(&path, out);
@@ -49,10 +52,11 @@ fn every_controller_variable_in_the_manifests_is_a_flag() {
     }
     assert!(used.len() >= 5, "variables found: {used:?}");
 
-    let help = std::process::Command::new(bin_path("approle-controller").expect("controller binary"))
-        .arg("--help")
-        .output()
-        .expect("run approle-controller --help");
+    let help =
+        std::process::Command::new(bin_path("approle-controller").expect("controller binary"))
+            .arg("--help")
+            .output()
+            .expect("run approle-controller --help");
     let help = String::from_utf8_lossy(&help.stdout);
     let flags = controller_env_names(&help);
     let unknown: Vec<_> = used.difference(&flags).collect();
