@@ -28,7 +28,8 @@ pub struct Outcome {
 /// Reason label of a destroyed secret_id.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`.
+    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`,
+    /// `identity`; or why a pod-identity check failed (see `crate::identity::IdentityFailure`).
     pub reason: &'static str,
 }
 
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub tokens_revoked: Counter,
     /// Seconds from the decision to deliver until the init container confirmed.
     pub delivery_seconds: Histogram,
+    /// Pod-identity checks that failed before a push, by reason.
+    pub identity_failures: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Default for Metrics {
         let tokens_revoked = Counter::default();
         // 1 ms to ~16 s: a delivery is tens of milliseconds when all is well.
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let identity_failures = Family::<Reason, Counter>::default();
         // Counter names get `_total` appended by the encoder (prometheus-client panics in debug
         // builds if a counter's name already ends in it).
         registry.register(
@@ -96,6 +100,11 @@ impl Default for Metrics {
             "From the decision to deliver until the init container confirmed",
             delivery_seconds.clone(),
         );
+        registry.register(
+            "identity_failures",
+            "Pod-identity checks that failed before a push (nothing was pushed), by reason",
+            identity_failures.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -105,6 +114,7 @@ impl Default for Metrics {
             vault_errors,
             tokens_revoked,
             delivery_seconds,
+            identity_failures,
         }
     }
 }
@@ -118,6 +128,13 @@ impl Metrics {
     /// Counts a destroyed secret_id.
     pub fn destroyed(&self, reason: &'static str) {
         self.secret_ids_destroyed
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// Counts a failed pod-identity check.
+    pub fn identity_failure(&self, reason: &'static str) {
+        self.identity_failures
             .get_or_create(&Reason { reason })
             .inc();
     }

@@ -7,14 +7,16 @@
 //!   certs: injector CA (Secret) ─▶ webhook serving cert, push client cert, caBundle; renewal
 //!   watch pods (label vault-approle.io/managed=true)
 //!     ─▶ decide (annotations, init container running, pod IP)
-//!     └─▶ deliver: role-id ─▶ wrapped secret_id (num_uses 1, podIP/32)
-//!                  ─▶ POST https://<podIP>:<port>/v1/secret-id (client cert)
+//!     └─▶ deliver: role-id ─▶ mTLS connection to <podIP>:<port> (client cert)
+//!                  ─▶ GET /v1/identity ─▶ TokenReview: bound to this pod's name and UID?
+//!                  ─▶ wrapped secret_id (num_uses 1, podIP/32)
+//!                  ─▶ POST /v1/secret-id on the same connection
 //!                  ─▶ annotate pod + Event
 //! ```
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`push`] (the mTLS
-//! push client).
+//! push connection), [`identity`] (pod identity: TokenReview before the push).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ mod args;
 mod certs;
 mod decide;
 mod deliver;
+mod identity;
 mod push;
 mod revoke;
 mod webhook;

@@ -764,6 +764,16 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
             .join(inject::VOLUME_NAME)
     }
 
+    /// Host path of a pod's identity token (the projected volume only its init container mounts).
+    pub fn identity_token_path(&self, pod: &Pod) -> PathBuf {
+        self.kube_root
+            .join("pods")
+            .join(pod.metadata.uid.as_deref().unwrap_or_default())
+            .join("volumes/kubernetes.io~projected")
+            .join(inject::IDENTITY_VOLUME_NAME)
+            .join(inject::IDENTITY_TOKEN_FILE)
+    }
+
     /// Reads the token a pod received.
     pub fn pod_token(&self, pod: &Pod) -> anyhow::Result<String> {
         let path = self

@@ -462,5 +462,44 @@ mod tests {
             .verify(&store, &t, &["vault-approle".into()])
             .unwrap_err();
         assert!(e.0.contains("not found"), "{e}");
+
+        // A new pod of the same name does not revive the old pod's token.
+        store
+            .create(
+                "pods",
+                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u2"},
+                                   "spec": {"serviceAccountName": "default"}}),
+                false,
+            )
+            .unwrap();
+        let e = issuer
+            .verify(&store, &t, &["vault-approle".into()])
+            .unwrap_err();
+        assert!(e.0.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn expired_tokens_do_not_verify() {
+        let store = Store::new(10);
+        let issuer = TokenIssuer::new("n").unwrap();
+        let pod = store
+            .create(
+                "pods",
+                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
+                                   "spec": {"serviceAccountName": "default"}}),
+                false,
+            )
+            .unwrap();
+        let sa = json!({"metadata": {"name": "default", "uid": ""}});
+        let aud = vec!["vault-approle".to_string()];
+        let expired = issuer
+            .sign(&issuer.claims("d", &sa, Some(&pod), &aud, -1))
+            .unwrap();
+        let e = issuer.verify(&store, &expired, &aud).unwrap_err();
+        assert!(e.0.contains("expired"), "{e}");
+        let fresh = issuer
+            .sign(&issuer.claims("d", &sa, Some(&pod), &aud, 600))
+            .unwrap();
+        assert!(issuer.verify(&store, &fresh, &aud).is_ok());
     }
 }
