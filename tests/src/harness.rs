@@ -706,6 +706,33 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         Ok(pod)
     }
 
+    /// Like [`Stack::injected_pod`], with the init container listening on `listen` instead of the
+    /// port the annotations name: nothing of the pod answers where the controller pushes (room
+    /// for an [`Impostor`](crate::impostor::Impostor)).
+    pub async fn injected_pod_listening_on(
+        &self,
+        name: &str,
+        annotations: Value,
+        listen: &str,
+    ) -> anyhow::Result<Pod> {
+        let mut pod = self.injected_pod(name, annotations).await?;
+        let init = pod
+            .spec
+            .as_mut()
+            .and_then(|s| s.init_containers.as_mut())
+            .and_then(|all| {
+                all.iter_mut()
+                    .find(|c| c.name == approle_shared::INIT_CONTAINER_NAME)
+            })
+            .context("the injected pod has no init container")?;
+        for e in init.env.iter_mut().flatten() {
+            if e.name == "APPROLE_INIT_LISTEN" {
+                e.value = Some(listen.to_owned());
+            }
+        }
+        Ok(pod)
+    }
+
     /// Creates a pod in `default`.
     pub async fn create(&self, pod: &Pod) -> anyhow::Result<Pod> {
         Ok(self.pods().create(&PostParams::default(), pod).await?)

@@ -13,86 +13,23 @@
 //! A normal pod in the same cluster is delivered as usual.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use approle_shared::INIT_CONTAINER_NAME;
-use approle_shared::tls;
 use approle_testkit::harness::{self, ROLE, Stack, StackOptions, delivered, wait_for};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use approle_testkit::impostor::{Answer, Impostor};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 /// The role only impostor pods ask for: any mint of it would be a failure of the check.
 const TARGET_ROLE: &str = "impostor-target";
 /// Where the controller pushes for the impostor pods (their annotation).
 const PUSH_PORT: u16 = 9443;
 /// Where their real init containers listen instead.
-const MOVED_PORT: &str = "0.0.0.0:9444";
+const MOVED: &str = "0.0.0.0:9444";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// What the impostor answers on `GET /v1/identity`.
-#[derive(Debug, Clone)]
-enum Answer {
-    Garbage,
-    NotFound,
-    Token(String),
-}
-
-/// Every request the impostor saw, as `METHOD path`.
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// Serves `answer` on `addr` with the init container's own TLS settings (client certificates
-/// from the injector CA only).
-async fn impostor(addr: SocketAddr, injector_ca_pem: &str, answer: Answer) -> Seen {
-    let config = tls::receiver_server_config(injector_ca_pem).expect("TLS config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind(addr).await.expect("bind the pod's IP");
-    let seen: Seen = Arc::default();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, record, answer) = (acceptor.clone(), record.clone(), answer.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let line = format!("{} {}", req.method(), req.uri().path());
-                    record.lock().expect("lock").push(line);
-                    let (status, body) = match (req.uri().path(), &answer) {
-                        ("/v1/identity", Answer::Garbage) => (200, "<html>hello</html>".to_owned()),
-                        ("/v1/identity", Answer::NotFound) => {
-                            (404, json!({"error": "no such path"}).to_string())
-                        }
-                        ("/v1/identity", Answer::Token(t)) => {
-                            (200, json!({"token": t}).to_string())
-                        }
-                        _ => (500, json!({"error": "impostor"}).to_string()),
-                    };
-                    async move {
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    seen
-}
 
 fn pod_ip(p: &Pod) -> Option<IpAddr> {
     p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
@@ -107,26 +44,14 @@ fn init_running(p: &Pod) -> bool {
         .is_some_and(|s| s.running.is_some())
 }
 
-/// An injected pod for [`TARGET_ROLE`] whose real init container listens on [`MOVED_PORT`].
+/// Creates an injected pod for [`TARGET_ROLE`] whose real init container listens on [`MOVED`];
+/// returns it once the init container runs and the pod has its IP.
 async fn impostor_pod(stack: &Stack, name: &str) -> Pod {
-    let mut pod = stack
-        .injected_pod(
-            name,
-            json!({"vault-approle.io/role": TARGET_ROLE, "vault-approle.io/port": PUSH_PORT.to_string()}),
-        )
+    let annotations = json!({"vault-approle.io/role": TARGET_ROLE, "vault-approle.io/port": PUSH_PORT.to_string()});
+    let pod = stack
+        .injected_pod_listening_on(name, annotations, MOVED)
         .await
         .expect("injected pod");
-    let init = pod
-        .spec
-        .as_mut()
-        .and_then(|s| s.init_containers.as_mut())
-        .and_then(|all| all.iter_mut().find(|c| c.name == INIT_CONTAINER_NAME))
-        .expect("init container");
-    for e in init.env.iter_mut().flatten() {
-        if e.name == "APPROLE_INIT_LISTEN" {
-            e.value = Some(MOVED_PORT.into());
-        }
-    }
     stack.create(&pod).await.expect("create");
     stack
         .wait_pod(name, "init container running with an IP", WAIT, |p| {
@@ -207,11 +132,14 @@ async fn an_impostor_on_the_pods_ip_without_the_pods_token_receives_nothing() {
 
     let mut impostors = Vec::new();
     for ((_, answer, _), pod) in cases.iter().zip(&pods) {
-        let ip = pod_ip(pod).expect("IP");
-        impostors.push(impostor(SocketAddr::new(ip, PUSH_PORT), &ca, answer.clone()).await);
+        let addr = SocketAddr::new(pod_ip(pod).expect("IP"), PUSH_PORT);
+        let impostor = Impostor::start(addr, &ca, answer.clone(), false)
+            .await
+            .expect("impostor on the pod's IP");
+        impostors.push(impostor);
     }
 
-    for ((name, _, needle), seen) in cases.iter().zip(&impostors) {
+    for ((name, _, needle), impostor) in cases.iter().zip(&impostors) {
         let note = stack
             .wait_event(name, "PossibleInterception", WAIT)
             .await
@@ -221,7 +149,7 @@ async fn an_impostor_on_the_pods_ip_without_the_pods_token_receives_nothing() {
         for token in [honest_identity.trim(), wrong_audience.as_str()] {
             assert!(!note.contains(token), "{name}: a token in the Event");
         }
-        let requests = seen.lock().expect("lock").clone();
+        let requests = impostor.requests();
         assert!(
             requests.iter().any(|r| r == "GET /v1/identity"),
             "{name}: {requests:?}"
@@ -277,8 +205,8 @@ async fn an_impostor_on_the_pods_ip_without_the_pods_token_receives_nothing() {
     );
 
     // The impostors still got nothing, after all the retries the controller made meanwhile.
-    for ((name, _, _), seen) in cases.iter().zip(&impostors) {
-        let requests = seen.lock().expect("lock").clone();
+    for ((name, _, _), impostor) in cases.iter().zip(&impostors) {
+        let requests = impostor.requests();
         assert!(
             requests.iter().all(|r| r == "GET /v1/identity"),
             "{name}: {requests:?}"
