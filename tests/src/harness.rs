@@ -782,22 +782,24 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         .await
     }
 
-    /// Host directory of a pod's credential volume.
-    pub fn volume_dir(&self, pod: &Pod) -> PathBuf {
+    /// Host directory of a pod's volume, as kube-dev's kubelet lays it out.
+    fn pod_volume_dir(&self, pod: &Pod, plugin: &str, volume: &str) -> PathBuf {
         self.kube_root
             .join("pods")
             .join(pod.metadata.uid.as_deref().unwrap_or_default())
-            .join("volumes/kubernetes.io~empty-dir")
-            .join(inject::VOLUME_NAME)
+            .join("volumes")
+            .join(plugin)
+            .join(volume)
+    }
+
+    /// Host directory of a pod's credential volume.
+    pub fn volume_dir(&self, pod: &Pod) -> PathBuf {
+        self.pod_volume_dir(pod, "kubernetes.io~empty-dir", inject::VOLUME_NAME)
     }
 
     /// Host path of a pod's identity token (the projected volume only its init container mounts).
     pub fn identity_token_path(&self, pod: &Pod) -> PathBuf {
-        self.kube_root
-            .join("pods")
-            .join(pod.metadata.uid.as_deref().unwrap_or_default())
-            .join("volumes/kubernetes.io~projected")
-            .join(inject::IDENTITY_VOLUME_NAME)
+        self.pod_volume_dir(pod, "kubernetes.io~projected", inject::IDENTITY_VOLUME_NAME)
             .join(inject::IDENTITY_TOKEN_FILE)
     }
 

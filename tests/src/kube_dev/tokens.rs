@@ -429,18 +429,23 @@ impl TokenIssuer {
 mod tests {
     use super::*;
 
+    /// Pod `d/p` with `uid` (service account `default`).
+    fn create_pod(store: &Store, uid: &str) -> Value {
+        store
+            .create(
+                "pods",
+                json!({"metadata": {"name": "p", "namespace": "d", "uid": uid},
+                       "spec": {"serviceAccountName": "default"}}),
+                false,
+            )
+            .unwrap()
+    }
+
     #[test]
     fn bound_tokens_verify_until_their_pod_goes_away() {
         let store = Store::new(10);
         let issuer = TokenIssuer::new("n").unwrap();
-        let pod = store
-            .create(
-                "pods",
-                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-                                   "spec": {"serviceAccountName": "default"}}),
-                false,
-            )
-            .unwrap();
+        let pod = create_pod(&store, "u1");
         let t = issuer
             .issue_for_pod(&store, &pod, "vault-approle", 600)
             .unwrap();
@@ -464,14 +469,7 @@ mod tests {
         assert!(e.0.contains("not found"), "{e}");
 
         // A new pod of the same name does not revive the old pod's token.
-        store
-            .create(
-                "pods",
-                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u2"},
-                                   "spec": {"serviceAccountName": "default"}}),
-                false,
-            )
-            .unwrap();
+        create_pod(&store, "u2");
         let e = issuer
             .verify(&store, &t, &["vault-approle".into()])
             .unwrap_err();
@@ -482,14 +480,7 @@ mod tests {
     fn expired_tokens_do_not_verify() {
         let store = Store::new(10);
         let issuer = TokenIssuer::new("n").unwrap();
-        let pod = store
-            .create(
-                "pods",
-                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-                                   "spec": {"serviceAccountName": "default"}}),
-                false,
-            )
-            .unwrap();
+        let pod = create_pod(&store, "u1");
         let sa = json!({"metadata": {"name": "default", "uid": ""}});
         let aud = vec!["vault-approle".to_string()];
         let expired = issuer
