@@ -6,7 +6,8 @@
 //!   `expirationSeconds` ≥ 600, `boundObjectRef` to a Pod whose UID must match).
 //! * `POST /apis/authentication.k8s.io/v1/tokenreviews` (signature, expiry, audience, and the
 //!   bound pod and service account still existing with the same UIDs).
-//! * The kubelet writes projected `serviceAccountToken` volumes with [`TokenIssuer::issue_for_pod`].
+//! * The kubelet writes projected `serviceAccountToken` volumes with [`TokenIssuer::issue_for_pod`]
+//!   (requested audience and expiry, bound to the pod) and renews them at 80 % of their lifetime.
 //!
 //! Tokens are credentials: they are never logged and never part of an error message.
 
