@@ -536,12 +536,8 @@ impl PodTask {
                 .flatten()
             {
                 if let Some(t) = src.get("serviceAccountToken") {
-                    let expiry = t
-                        .get("expirationSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(3607);
-                    let audience = str_at(t, &["audience"]).to_string();
-                    tokens.push((dir.join(str_at(t, &["path"])), audience, expiry));
+                    let (audience, expiry) = token_projection(t);
+                    tokens.push((dir.join(str_at(t, &["path"])), audience.to_string(), expiry));
                 }
             }
         }
@@ -607,11 +603,7 @@ impl PodTask {
                 .unwrap_or_default()
             {
                 if let Some(t) = s.get("serviceAccountToken") {
-                    let audience = str_at(t, &["audience"]);
-                    let expiry = t
-                        .get("expirationSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(3607);
+                    let (audience, expiry) = token_projection(t);
                     if let Ok(token) =
                         self.k
                             .tokens
@@ -1222,6 +1214,16 @@ async fn signal_group(pgid: u32, sig: &str) {
         .stderr(Stdio::null())
         .status()
         .await;
+}
+
+/// Audience and lifetime of a `serviceAccountToken` projection. A missing lifetime is taken as
+/// 3607 s (the API server defaults it to 3600; its own `kube-api-access` volume asks for 3607).
+fn token_projection(t: &Value) -> (&str, i64) {
+    let expiry = t
+        .get("expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3607);
+    (str_at(t, &["audience"]), expiry)
 }
 
 /// When the kubelet renews a projected token: after 80 % of its lifetime (at most 24 h), as
