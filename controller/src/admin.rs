@@ -29,7 +29,8 @@ pub struct Outcome {
 /// Reason label of a destroyed secret_id.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`.
+    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`,
+    /// `identity`; or why a pod-identity check failed (see `crate::identity::IdentityFailure`).
     pub reason: &'static str,
 }
 
@@ -66,6 +67,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Leadership changes of this replica, by direction.
     pub leader_transitions: Family<Transition, Counter>,
+    /// Pod-identity checks that failed before a push, by reason.
+    pub identity_failures: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,7 @@ impl Default for Metrics {
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let leader = Gauge::default();
         let leader_transitions = Family::<Transition, Counter>::default();
+        let identity_failures = Family::<Reason, Counter>::default();
         // Counter names get `_total` appended by the encoder (prometheus-client panics in debug
         // builds if a counter's name already ends in it).
         registry.register(
@@ -127,6 +131,10 @@ impl Default for Metrics {
             "leader_transitions",
             "Leadership changes of this replica, by direction (acquired, lost)",
             leader_transitions.clone(),
+        registry.register(
+            "identity_failures",
+            "Pod-identity checks that failed before a push (nothing was pushed), by reason",
+            identity_failures.clone(),
         );
         Self {
             registry,
@@ -141,6 +149,7 @@ impl Default for Metrics {
             redelivery,
             leader,
             leader_transitions,
+            identity_failures,
         }
     }
 }
@@ -164,6 +173,10 @@ impl Metrics {
         let transition = if leading { "acquired" } else { "lost" };
         self.leader_transitions
             .get_or_create(&Transition { transition })
+    /// Counts a failed pod-identity check.
+    pub fn identity_failure(&self, reason: &'static str) {
+        self.identity_failures
+            .get_or_create(&Reason { reason })
             .inc();
     }
 

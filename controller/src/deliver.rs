@@ -2,13 +2,16 @@
 //! secret_id it minted.
 //!
 //! ```text
-//!  decide(pod) ── Deliver ──▶ role-id (cached) ──▶ mint wrapped secret_id (num_uses 1, podIP/32)
+//!  decide(pod) ── Deliver ──▶ role-id (cached) ──▶ connect + pod identity (crate::identity)
+//!                       identity fails ─▶ Event PossibleInterception, no mint, backoff │
+//!                                                      mint wrapped secret_id (num_uses 1, podIP/32)
 //!                                                       │
-//!            ┌───── push with backoff until the wrap TTL is nearly spent ◀──┘
+//!            ┌───── push on the verified connection; retries reconnect and re-verify ◀──┘
 //!            │  200 ─▶ annotate pod (status, token-accessor), Event SecretIdDelivered
 //!            │  409 ─▶ someone delivered before: destroy ours; recorded when the init ends
 //!            │  leadership lost ─▶ destroy, stop (the new leader takes the pod over)
 //!            │  4xx/5xx ─▶ destroy, Event DeliveryFailed, requeue with backoff
+//!            │  identity fails on a reconnect ─▶ destroy, Event PossibleInterception, backoff
 //!            │  pod gone / init container ended ─▶ destroy, stop
 //!            └  wrap TTL spent ─▶ destroy, mint again (at most --max-mints), then back off
 //!
@@ -40,8 +43,9 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
+use crate::identity::{self, IdentityFailure, OpenFailure};
 use crate::leader::Leadership;
-use crate::push::{PushClient, PushFailure};
+use crate::push::{PushClient, PushFailure, Session};
 use crate::recover;
 
 /// Event reasons (DESIGN.md "What the controller guarantees").
@@ -52,6 +56,8 @@ pub mod reason {
     pub const FAILED: &str = "DeliveryFailed";
     /// The pod's annotations are malformed.
     pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// What answered on the pod's IP failed the pod-identity check: nothing was pushed.
+    pub const POSSIBLE_INTERCEPTION: &str = "PossibleInterception";
 }
 
 /// Errors that make the controller requeue a pod (its error policy backs off).
@@ -244,6 +250,7 @@ enum PushOutcome {
     PodGone,
     Refused(PushFailure),
     LostLeadership,
+    Intercepted(IdentityFailure),
 }
 
 async fn deliver(
@@ -276,8 +283,27 @@ async fn deliver(
         }
     };
     let request = secret_id_request(pod, pod_ip, &ctx.settings);
+    // Stop pushing a little before the wrapping token expires, to destroy and re-mint in time.
+    let margin = (ctx.settings.wrap_ttl / 4).min(Duration::from_secs(5));
     let mut last_failure = String::new();
     for _ in 0..ctx.settings.max_mints.max(1) {
+        // Pod identity before the mint: an impostor on the pod's IP causes no mint at all.
+        let deadline = Instant::now() + ctx.settings.wrap_ttl.saturating_sub(margin);
+        let session = match open_until(ctx, pod, pod_ip, spec.port, deadline).await {
+            Ok(session) => session,
+            Err(PushOutcome::WrapExpired(last)) => {
+                last_failure = last;
+                continue;
+            }
+            Err(PushOutcome::Intercepted(failure)) => {
+                return identity_failed(ctx, pod, failure).await;
+            }
+            Err(_) => {
+                ctx.admin.metrics.outcome("pod_gone");
+                debug!("pod went away or moved on before delivery");
+                return Ok(Action::await_change());
+            }
+        };
         let wrapped = match ctx
             .vault
             .generate_wrapped_secret_id(&token, &ctx.settings.mount, role, &request)
@@ -297,10 +323,8 @@ async fn deliver(
             role_id: role_id.clone(),
             wrapping_token: wrapped.token.clone(),
         };
-        // Stop pushing a little before the wrapping token expires, to destroy and re-mint in time.
-        let margin = (ctx.settings.wrap_ttl / 4).min(Duration::from_secs(5));
         let deadline = Instant::now() + Duration::from_secs(wrapped.ttl).saturating_sub(margin);
-        let outcome = push_until(ctx, pod, pod_ip, spec.port, &push, deadline).await;
+        let outcome = push_until(ctx, pod, pod_ip, spec.port, &push, deadline, session).await;
         // The run answered: it was handed a credential (counted for the crash-loop backoff).
         if let PushOutcome::Delivered(_) | PushOutcome::AlreadyDelivered | PushOutcome::Refused(_) =
             &outcome
@@ -324,6 +348,7 @@ async fn deliver(
             PushOutcome::PodGone => Some("pod_gone"),
             PushOutcome::Refused(_) => Some("refused"),
             PushOutcome::LostLeadership => Some("lost_leadership"),
+            PushOutcome::Intercepted(_) => Some("identity"),
         };
         if let Some(why) = why {
             destroy(ctx, &token, role, &wrapped.secret_id_accessor, why).await;
@@ -373,6 +398,7 @@ async fn deliver(
                 return Ok(Action::await_change());
             }
             PushOutcome::Refused(failure) => return fail(ctx, pod, failure.to_string()).await,
+            PushOutcome::Intercepted(failure) => return identity_failed(ctx, pod, failure).await,
             PushOutcome::WrapExpired(last) => last_failure = last,
         }
     }
@@ -394,14 +420,23 @@ async fn push_until(
     port: u16,
     push: &PushRequest,
     deadline: Instant,
+    verified: Session,
 ) -> PushOutcome {
     // The init container starts listening milliseconds after kubelet reports it running: poll fast
     // at first, then settle at one attempt a second.
     let mut delay = Duration::from_millis(25);
-    let key = ObjectRef::from_obj(pod);
-    let uid = pod.uid();
+    let mut next = Some(verified);
     loop {
-        match ctx.push.push(pod_ip, port, push).await {
+        // The first attempt uses the connection verified before the mint; a retry opens a new one
+        // and checks the pod's identity on it again.
+        let mut session = match next.take() {
+            Some(s) => s,
+            None => match open_until(ctx, pod, pod_ip, port, deadline).await {
+                Ok(s) => s,
+                Err(outcome) => return outcome,
+            },
+        };
+        match session.push(push).await {
             Ok(resp) => return PushOutcome::Delivered(resp),
             Err(PushFailure::Refused { status: 409, .. }) => return PushOutcome::AlreadyDelivered,
             Err(f @ PushFailure::Refused { status: 503, .. })
@@ -414,19 +449,55 @@ async fn push_until(
             }
             Err(f) => return PushOutcome::Refused(f),
         }
+        drop(session);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
         if !ctx.leadership.is_leader() {
             return PushOutcome::LostLeadership;
         }
-        let current = ctx.store.get(&key);
-        let same = current
-            .as_ref()
-            .is_some_and(|p| p.uid() == uid && still_wants_delivery(p));
-        if !same {
+        if !still_same_pod(ctx, pod) {
             return PushOutcome::PodGone;
         }
     }
+}
+
+/// Opens a connection to the pod and checks its identity on it, retrying while nothing listens
+/// (until `deadline`). Ends in `WrapExpired`, `PodGone` or `Intercepted`.
+async fn open_until(
+    ctx: &Context,
+    pod: &Pod,
+    pod_ip: IpAddr,
+    port: u16,
+    deadline: Instant,
+) -> Result<Session, PushOutcome> {
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match identity::open_verified(&ctx.push, &ctx.client, pod, pod_ip, port).await {
+            Ok(session) => return Ok(session),
+            Err(OpenFailure::Identity(failure)) => return Err(PushOutcome::Intercepted(failure)),
+            Err(OpenFailure::Transport(f)) => {
+                if Instant::now() + delay >= deadline {
+                    return Err(PushOutcome::WrapExpired(f.to_string()));
+                }
+                debug!(failure = %f, "init container not answering yet; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        if !ctx.leadership.is_leader() {
+            return Err(PushOutcome::LostLeadership);
+        }
+        if !still_same_pod(ctx, pod) {
+            return Err(PushOutcome::PodGone);
+        }
+    }
+}
+
+/// True while the cache holds the same pod (same UID), still waiting for its delivery.
+fn still_same_pod(ctx: &Context, pod: &Pod) -> bool {
+    ctx.store
+        .get(&ObjectRef::from_obj(pod))
+        .is_some_and(|p| p.uid() == pod.uid() && still_wants_delivery(&p))
 }
 
 fn secret_id_request(pod: &Pod, pod_ip: IpAddr, settings: &Settings) -> SecretIdRequest {
@@ -524,8 +595,36 @@ async fn destroy(
     }
 }
 
+/// The pod-identity check failed: nothing was pushed. A `PossibleInterception` Event when what
+/// answered failed it, a `DeliveryFailed` one when the check could not be made; backoff either way.
+async fn identity_failed(
+    ctx: &Context,
+    pod: &Pod,
+    failure: IdentityFailure,
+) -> Result<Action, Error> {
+    ctx.admin.metrics.identity_failure(failure.reason());
+    if failure.is_interception() {
+        warn!(reason = failure.reason(), error = %failure, "SECURITY: pod identity check failed; nothing pushed");
+        let message = format!("pod identity check failed, nothing was pushed: {failure}");
+        fail_as(ctx, pod, reason::POSSIBLE_INTERCEPTION, message).await
+    } else {
+        let message = format!("pod identity could not be checked, nothing was pushed: {failure}");
+        fail(ctx, pod, message).await
+    }
+}
+
 /// A failed attempt: Event, log, and a requeue with exponential backoff (1 s doubling to 5 min).
 async fn fail(ctx: &Context, pod: &Pod, message: String) -> Result<Action, Error> {
+    fail_as(ctx, pod, reason::FAILED, message).await
+}
+
+/// [`fail`] with another Event reason.
+async fn fail_as(
+    ctx: &Context,
+    pod: &Pod,
+    event_reason: &str,
+    message: String,
+) -> Result<Action, Error> {
     ctx.admin.metrics.outcome("failed");
     let uid = pod.uid().unwrap_or_default();
     let n = {
@@ -540,7 +639,7 @@ async fn fail(ctx: &Context, pod: &Pod, message: String) -> Result<Action, Error
         ctx,
         pod,
         EventType::Warning,
-        reason::FAILED,
+        event_reason,
         "Deliver",
         format!(
             "{message} (attempt {n}, retrying in {}s)",

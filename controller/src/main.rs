@@ -9,8 +9,10 @@
 //!   watch pods (label vault-approle.io/managed=true)
 //!     ─▶ decide (annotations, init container running, pod IP)
 //!     ─▶ authorize (RoleDenied), crash-loop backoff (RedeliveryBackoff)
-//!     └─▶ deliver: role-id ─▶ wrapped secret_id (num_uses 1, podIP/32)
-//!                  ─▶ POST https://<podIP>:<port>/v1/secret-id (client cert)
+//!     └─▶ deliver: role-id ─▶ mTLS connection to <podIP>:<port> (client cert)
+//!                  ─▶ GET /v1/identity ─▶ TokenReview: bound to this pod's name and UID?
+//!                  ─▶ wrapped secret_id (num_uses 1, podIP/32)
+//!                  ─▶ POST /v1/secret-id on the same connection
 //!                  ─▶ annotate pod + Event
 //! ```
 //!
@@ -20,9 +22,10 @@
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`prune`] (what the pod cache keeps), [`push`] (the mTLS
-//! push client), [`policy`] (authorization policy file, default deny), [`redeliver`] (crash-loop
-//! backoff of re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading),
-//! [`recover`] (taking over from a dead leader), [`shutdown`] (signals).
+//! push connection), [`identity`] (pod identity: TokenReview before the push), [`policy`]
+//! (authorization policy file, default deny), [`redeliver`] (crash-loop backoff of
+//! re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading), [`recover`]
+//! (taking over from a dead leader), [`shutdown`] (signals).
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +34,7 @@ mod args;
 mod certs;
 mod decide;
 mod deliver;
+mod identity;
 mod leader;
 mod policy;
 mod prune;

@@ -6,7 +6,8 @@
 //!                                  │
 //!                                  ├─ client CA PEM parses into the mTLS server config
 //!                                  ├─ Vault client builds (address scheme, CA bundle)
-//!                                  └─ out-dir exists, is a directory, and we can create files in it
+//!                                  ├─ out-dir exists, is a directory, and we can create files in it
+//!                                  └─ identity token file (if set) is readable and not empty
 //! ```
 //!
 //! Everything is checked before the listener opens, so a misconfigured pod fails at once with
@@ -102,6 +103,11 @@ pub struct Args {
     /// answer can still record the delivery. Failure to write it is logged and ignored.
     #[arg(long, env = "APPROLE_INIT_TERMINATION_MESSAGE_PATH", default_value = approle_shared::push::TERMINATION_MESSAGE_PATH)]
     pub termination_message_path: PathBuf,
+    /// File with this pod's projected service-account token (audience `vault-approle`), shown on
+    /// `GET /v1/identity` to the controller only and re-read at every request (the kubelet
+    /// rotates it). Without it, `/v1/identity` answers 404 and the controller pushes nothing.
+    #[arg(long, env = "APPROLE_INIT_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<PathBuf>,
 
     /// Log filter in tracing EnvFilter syntax (e.g. `info`, `approle_init=debug`).
     #[arg(long, env = "APPROLE_INIT_LOG_LEVEL", default_value = "info")]
@@ -157,6 +163,8 @@ pub struct Config {
     pub file_mode: u32,
     /// Body read timeout.
     pub body_read_timeout: Duration,
+    /// The projected service-account token file shown on `GET /v1/identity`.
+    pub identity_token_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -187,6 +195,15 @@ impl Args {
         .map_err(|e| ConfigError::new("--vault-addr", "APPROLE_INIT_VAULT_ADDR", e.to_string()))?;
         check_out_dir(&self.out_dir)
             .map_err(|reason| ConfigError::new("--out-dir", "APPROLE_INIT_OUT_DIR", reason))?;
+        if let Some(path) = &self.identity_token_file {
+            check_identity_file(path).map_err(|reason| {
+                ConfigError::new(
+                    "--identity-token-file",
+                    "APPROLE_INIT_IDENTITY_TOKEN_FILE",
+                    reason,
+                )
+            })?;
+        }
         Ok(Config {
             listen: self.listen,
             role: self.role,
@@ -198,8 +215,20 @@ impl Args {
             timeout: self.timeout,
             file_mode: self.file_mode,
             body_read_timeout: self.body_read_timeout,
+            identity_token_file: self.identity_token_file,
         })
     }
+}
+
+/// The kubelet writes the projected token before the container starts: a missing or empty file
+/// means a broken pod spec, better reported now than as a refused identity later. The error
+/// names the path and the I/O error only, never the content.
+fn check_identity_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(())
 }
 
 /// The directory must exist, be a directory, and accept a new file: finding out at delivery time
@@ -335,6 +364,7 @@ mod tests {
         assert_eq!(args.log_level, "info");
         assert_eq!(args.source_address, None);
         assert_eq!(args.vault_cacert_pem, None);
+        assert_eq!(args.identity_token_file, None);
     }
 
     #[test]
@@ -414,6 +444,9 @@ mod tests {
         let dir_s = dir.display().to_string();
         let file_s = file.display().to_string();
         let missing = dir.join("missing").display().to_string();
+        let empty = tmp.path().join("empty-token");
+        std::fs::write(&empty, b"\n").expect("empty file");
+        let empty_s = empty.display().to_string();
         let cases: Vec<(&str, Vec<&str>, &str, &str)> = vec![
             (
                 "garbage client CA",
@@ -445,6 +478,18 @@ mod tests {
                 &ca,
                 "--out-dir",
             ),
+            (
+                "missing identity token file",
+                vec!["--out-dir", &dir_s, "--identity-token-file", &missing],
+                &ca,
+                "--identity-token-file",
+            ),
+            (
+                "empty identity token file",
+                vec!["--out-dir", &dir_s, "--identity-token-file", &empty_s],
+                &ca,
+                "--identity-token-file",
+            ),
         ];
         for (name, extra, ca_pem, flag) in cases {
             let err = parse(&extra, ca_pem)
@@ -460,6 +505,6 @@ mod tests {
             .expect("valid config");
         assert_eq!(ok.role.as_str(), "web");
         let left: Vec<_> = std::fs::read_dir(&dir).expect("ls").collect();
-        assert_eq!(left.len(), 1, "the write probe is removed");
+        assert_eq!(left.len(), 2, "the write probe is removed");
     }
 }

@@ -3,12 +3,13 @@
 //! ```text
 //!   parse flags/env ──bad──▶ exit 2
 //!        ▼
-//!   logging ─▶ check config (CA PEM, Vault client, out-dir) ──bad──▶ exit 2
+//!   logging ─▶ check config (CA PEM, Vault client, out-dir, identity file) ──bad──▶ exit 2
 //!        ▼
-//!   listen (mTLS) ── select! ─┬─ server: a delivery ended ──▶ 0 delivered / 4 security / 5 login / 6 write
-//!                             ├─ --timeout passed, no valid push ──▶ 3 (a delivery already
-//!                             │   talking to Vault is let finish first)
-//!                             └─ SIGTERM / SIGINT ──▶ 7
+//!   listen (mTLS; GET /v1/identity, then POST /v1/secret-id)
+//!        ── select! ─┬─ server: a delivery ended ──▶ 0 delivered / 4 security / 5 login / 6 write
+//!                    ├─ --timeout passed, no valid push ──▶ 3 (a delivery already
+//!                    │   talking to Vault is let finish first)
+//!                    └─ SIGTERM / SIGINT ──▶ 7
 //! ```
 //!
 //! The modules: [`args`] (configuration), [`server`] (mutual-TLS accept
@@ -90,6 +91,7 @@ async fn run(config: Config, termination_message_path: &Path) -> anyhow::Result<
         timeout,
         file_mode,
         body_read_timeout,
+        identity_token_file,
     } = config;
     info!(
         %role, %pod_uid, vault_addr = vault.addr(), out_dir = %out_dir.display(),
@@ -107,7 +109,15 @@ async fn run(config: Config, termination_message_path: &Path) -> anyhow::Result<
     // already mean exit 7, not the default kill.
     let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let server = match Server::bind(listen, tls, deliverer, body_read_timeout).await {
+    let server = match Server::bind(
+        listen,
+        tls,
+        deliverer,
+        body_read_timeout,
+        identity_token_file,
+    )
+    .await
+    {
         Ok(server) => server,
         Err(error) => {
             error!("bad configuration: --listen (APPROLE_INIT_LISTEN) {listen}: {error}");

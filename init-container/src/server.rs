@@ -1,16 +1,22 @@
-//! The push receiver: a mutual-TLS accept loop with one HTTP/1.1 request per connection.
+//! The push receiver: a mutual-TLS accept loop serving the identity check and one push.
 //!
 //! ```text
 //!   TcpListener ─accept─▶ TLS handshake (client cert from the injector CA, ≤ HANDSHAKE_TIMEOUT)
 //!                           │ refused → logged, connection dropped, loop goes on
 //!                           ▼
-//!                  hyper http1 (headers ≤ HEADER_READ_TIMEOUT, no keep-alive)
+//!                  hyper http1 (headers ≤ HEADER_READ_TIMEOUT, also while idle)
 //!                           ▼
-//!   route ─▶ 404 / 405 ─▶ phase (409 delivered / 503 finishing) ─▶ body (413, 408) ─▶ JSON (400)
+//!   GET /v1/identity ─▶ 200 {"token": <projected SA token, read now>}; the connection stays open
+//!   POST /v1/secret-id ─▶ phase (409 delivered / 503 finishing) ─▶ body (413, 408) ─▶ JSON (400)
 //!         ─▶ validate (400 / 403) ─▶ phase Waiting→InFlight (503 busy) ─▶ deliver (spawned task)
+//!   anything else ─▶ 404 / 405            (every answer but a shown identity closes the connection)
 //!                           │
 //!   delivery outcome ──▶ per-connection channel ──▶ after the response is flushed ──▶ Server::run
 //! ```
+//!
+//! The controller asks for the identity and pushes on the same connection, so the pod it
+//! verified with TokenReview is the pod it pushes to. Only clients that passed the mutual-TLS
+//! handshake reach either route; the identity token is never logged.
 //!
 //! Every bad request is answered and the server goes on waiting. Only a delivery ends the loop —
 //! successfully or with a security, login or write failure — and only once its response has
@@ -19,13 +25,16 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use approle_shared::exit::ExitCode;
 use approle_shared::push::{
-    IDENTITY_PATH, MAX_BODY_BYTES, PushRequest, PushResponse, Refusal, SECRET_ID_PATH,
+    IDENTITY_PATH, IdentityResponse, MAX_BODY_BYTES, PushRequest, PushResponse, Refusal,
+    SECRET_ID_PATH,
 };
+use approle_shared::secret::IdentityToken;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -45,7 +54,8 @@ use crate::deliver::Deliverer;
 /// peer that connects and stalls must not hold a connection slot.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request line and headers must arrive within this (hyper's `header_read_timeout`), against
-/// slowloris-style clients that trickle headers.
+/// slowloris-style clients that trickle headers. The clock also runs while a kept-alive
+/// connection is idle, so the controller has this long between the identity answer and its push.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a delivery has ended the process, its response gets this long to reach the client before
 /// we exit anyway: a client that stops reading must not keep a finished init container alive.
@@ -114,6 +124,7 @@ struct State {
     phase: watch::Sender<Phase>,
     deliverer: Deliverer,
     body_read_timeout: Duration,
+    identity_token_file: Option<PathBuf>,
 }
 
 impl State {
@@ -164,6 +175,7 @@ impl Server {
         tls: Arc<rustls::ServerConfig>,
         deliverer: Deliverer,
         body_read_timeout: Duration,
+        identity_token_file: Option<PathBuf>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
@@ -175,6 +187,7 @@ impl Server {
                 phase: watch::channel(Phase::Waiting).0,
                 deliverer,
                 body_read_timeout,
+                identity_token_file,
             }),
             local_addr,
         })
@@ -259,7 +272,8 @@ async fn serve_connection(
         http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(false)
+            // For the push that follows a shown identity; every other answer closes (see `handle`).
+            .keep_alive(true)
             .serve_connection(TokioIo::new(tls), service),
     );
     let mut finish = None;
@@ -292,15 +306,78 @@ async fn handle(
     outcome_tx: mpsc::UnboundedSender<Finish>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match route(state, outcome_tx, req).await {
-        Ok(delivered) => json(StatusCode::OK, &delivered),
-        Err(refusal) => {
-            info!(status = refusal.status(), reason = %refusal, "push refused");
-            let status =
-                StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            json(status, &refusal.body())
+    if req.uri().path() == IDENTITY_PATH {
+        match identity(&state, req).await {
+            // The push follows on this connection: keep it open.
+            Ok(shown) => return Ok(shown),
+            Err(refusal) => return Ok(refused(&refusal, "identity refused")),
         }
+    }
+    Ok(match route(state, outcome_tx, req).await {
+        Ok(delivered) => close(json(StatusCode::OK, &delivered)),
+        Err(refusal) => refused(&refusal, "push refused"),
     })
+}
+
+/// The refusal as a JSON answer that closes the connection.
+fn refused(refusal: &Refusal, what: &'static str) -> Response<Full<Bytes>> {
+    info!(status = refusal.status(), reason = %refusal, "{what}");
+    let status =
+        StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    close(json(status, &refusal.body()))
+}
+
+/// One push per connection, as before keep-alive existed for the identity check.
+fn close(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+/// `GET /v1/identity`: the projected service-account token, read from its file now (the kubelet
+/// rotates it). Served in every phase, so that a controller that lost track of a delivery still
+/// verifies this pod and then learns from the push's 409 that it is done.
+async fn identity(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refusal> {
+    let (parts, mut body) = req.into_parts();
+    drain(&mut body).await;
+    if parts.method != Method::GET {
+        return Err(Refusal::MethodNotAllowed(format!(
+            "{IDENTITY_PATH} accepts only GET"
+        )));
+    }
+    let Some(path) = &state.identity_token_file else {
+        return Err(Refusal::NotFound(format!(
+            "{IDENTITY_PATH}: this init container has no identity token (--identity-token-file is not set)"
+        )));
+    };
+    let token = read_identity(path).await?;
+    debug!("identity token shown");
+    let mut resp = json(StatusCode::OK, &IdentityResponse { token });
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+/// Reads the token file. Errors name the path and the I/O error, never the content.
+async fn read_identity(path: &Path) -> Result<IdentityToken, Refusal> {
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+        Refusal::Internal(format!(
+            "reading the identity token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = IdentityToken::new(text.trim());
+    if token.is_empty() {
+        return Err(Refusal::Internal(format!(
+            "the identity token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 async fn route(
@@ -313,9 +390,6 @@ async fn route(
         (SECRET_ID_PATH, &Method::POST) => state.phase().refuse_early().err(),
         (SECRET_ID_PATH, _) => Some(Refusal::MethodNotAllowed(format!(
             "{SECRET_ID_PATH} accepts only POST"
-        ))),
-        (IDENTITY_PATH, _) => Some(Refusal::NotFound(format!(
-            "{IDENTITY_PATH} is not served by this version"
         ))),
         (path, _) => Some(Refusal::NotFound(format!("no such path {path:?}"))),
     };

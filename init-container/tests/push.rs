@@ -197,7 +197,11 @@ async fn refused_pushes_leave_the_receiver_waiting_and_a_valid_push_then_deliver
     let (status, body) = f.get("/v1/nope").await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = f.get("/v1/identity").await;
-    assert_eq!(status, 404, "identity is not served yet: {body}");
+    assert_eq!(
+        status, 404,
+        "no identity without --identity-token-file: {body}"
+    );
+    assert!(error_of(&body).contains("--identity-token-file"), "{body}");
     let (status, body) = f.get("/v1/secret-id").await;
     assert_eq!(status, 405, "{body}");
     let (status, body) = f.post_raw("/v1/secret-id", b"hello".to_vec()).await;
@@ -466,4 +470,130 @@ async fn unwritable_output_is_500_and_exit_6() {
     assert!(error_of(&body).contains("token accessor"), "{body}");
 
     f.exits_with(ExitCode::WriteFailed).await;
+}
+
+/// Reads one HTTP/1.1 response (status line, headers, `content-length` body) from `tls`, leaving
+/// the connection open.
+async fn read_response(
+    tls: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(common::DEADLINE, tls.read(&mut byte))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "the connection closed before the headers ended");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|l| l.get(..3))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().expect("length"))
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).await.expect("body");
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn the_identity_token_is_shown_to_the_controller_only_and_the_push_follows_on_the_same_connection()
+ {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let identity_file = dir.path().join("token");
+    let first = unique("identity-token-one");
+    std::fs::write(&identity_file, format!("{first}\n")).expect("token file");
+    let identity_arg = identity_file.display().to_string();
+    let mut f = Fixture::start(
+        "127.0.77.30",
+        &[
+            "--identity-token-file",
+            &identity_arg,
+            "--log-level",
+            "trace",
+        ],
+    )
+    .await;
+
+    // Without the controller's certificate there is no answer at all.
+    let anonymous = common::client_without_certificate()
+        .get(format!("{}/v1/identity", f.url))
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "a client without certificate is refused"
+    );
+    let (status, body) = f.get("/v1/identity").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"token": first}));
+    let (status, body) = f.post_raw("/v1/identity", Vec::new()).await;
+    assert_eq!(status, 405, "{body}");
+
+    // Read at every request: the kubelet rotates the file.
+    let second = unique("identity-token-two");
+    std::fs::write(&identity_file, &second).expect("rotate");
+
+    // One TLS session: identity, then the push, as the controller does it.
+    let addr = f.init.addr.expect("listening");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = f
+        .pki
+        .raw_connector()
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(b"GET /v1/identity HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, headers, body) = read_response(&mut tls).await;
+    assert_eq!(status, 200);
+    let shown: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(shown["token"], json!(second));
+    assert!(
+        !headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v == "close"),
+        "the connection stays open for the push: {headers:?}"
+    );
+    assert!(headers.contains(&("cache-control".into(), "no-store".into())));
+    let wrapping = f.vault.wrap_secret_id(CREATION_PATH);
+    let push = serde_json::to_vec(&f.push_body(&wrapping)).expect("json");
+    let mut request = format!(
+        "POST /v1/secret-id HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        push.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&push);
+    tls.write_all(&request).await.expect("write push");
+    let (status, headers, body) = read_response(&mut tls).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        headers.contains(&("connection".into(), "close".into())),
+        "one push per connection: {headers:?}"
+    );
+
+    let output = f.exits_with(ExitCode::Delivered).await;
+    for token in [&first, &second] {
+        assert!(
+            !output.contains(token.as_str()),
+            "the identity token was logged"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! What injection adds to a pod: the `vault-approle-init` init container (first among init
 //! containers), a tmpfs `emptyDir` volume, read-only mounts of it in the selected containers, the
-//! managed label and the status annotation.
+//! managed label and the status annotation. The init container alone also gets a projected
+//! service-account token (audience `vault-approle`, [`IDENTITY_TOKEN_EXPIRATION_SECONDS`]) that it
+//! shows to the controller on `GET /v1/identity`; the app containers never see it.
 //!
 //! ```text
 //!   patch(&Pod, &InjectionSpec, &InjectConfig) ──▶ Vec<PatchOperation>   (the admission webhook)
@@ -21,7 +23,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -29,10 +32,20 @@ use crate::annotations::{
     CONTAINERS, DELIVERIES, InjectionSpec, LAST_DELIVERY, MOUNT_PATH, STATUS, STATUS_INJECTED,
     TOKEN_ACCESSOR, nearest,
 };
+use crate::push::IDENTITY_AUDIENCE;
 use crate::{INIT_CONTAINER_NAME, MANAGED_LABEL};
 
 /// Name of the credential volume.
 pub const VOLUME_NAME: &str = "vault-approle";
+/// Name of the projected volume with the init container's identity token.
+pub const IDENTITY_VOLUME_NAME: &str = "vault-approle-identity";
+/// Where the identity volume is mounted in the init container (read-only).
+pub const IDENTITY_MOUNT_PATH: &str = "/var/run/secrets/vault-approle-identity";
+/// File name of the token inside the identity volume.
+pub const IDENTITY_TOKEN_FILE: &str = "token";
+/// Lifetime of the identity token: the API's minimum (10 minutes). The kubelet renews it at 80 %,
+/// and the init container reads the file at every request, so it is never stale.
+pub const IDENTITY_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
 /// Injector settings (from the controller's configuration).
 #[derive(Debug, Clone)]
@@ -110,9 +123,14 @@ pub enum InjectError {
     },
     /// The pod already has a volume with the injector's name.
     #[error(
-        "the pod already has a volume named \"{VOLUME_NAME}\", which the injector needs for the credential; rename that volume"
+        "the pod already has a volume named \"{0}\", which the injector needs for the credential; rename that volume"
     )]
-    VolumeNameTaken,
+    VolumeNameTaken(&'static str),
+    /// The annotated mount path is the one reserved for the init container's identity token.
+    #[error(
+        "annotation \"{MOUNT_PATH}\" may not be {IDENTITY_MOUNT_PATH}, which the injector uses for the init container's identity token; choose another directory"
+    )]
+    MountPathReserved,
     /// A selected container already mounts something at the mount path.
     #[error(
         "container {container:?} already mounts a volume at {path:?}; set annotation \"{MOUNT_PATH}\" to another directory"
@@ -168,6 +186,10 @@ pub fn init_container(spec: &InjectionSpec, cfg: &InjectConfig) -> Container {
         env("APPROLE_INIT_LISTEN", format!("0.0.0.0:{}", spec.port)),
         env("APPROLE_INIT_OUT_DIR", &spec.mount_path),
         env("APPROLE_INIT_TIMEOUT", &cfg.timeout),
+        env(
+            "APPROLE_INIT_IDENTITY_TOKEN_FILE",
+            format!("{IDENTITY_MOUNT_PATH}/{IDENTITY_TOKEN_FILE}"),
+        ),
     ];
     if let Some(pem) = &cfg.vault_ca_pem {
         env_vars.push(env("APPROLE_INIT_VAULT_CACERT_PEM", pem));
@@ -197,11 +219,40 @@ pub fn init_container(spec: &InjectionSpec, cfg: &InjectConfig) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME_NAME.into(),
-            mount_path: spec.mount_path.clone(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: VOLUME_NAME.into(),
+                mount_path: spec.mount_path.clone(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: IDENTITY_VOLUME_NAME.into(),
+                mount_path: IDENTITY_MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The projected volume with the pod's service-account token for audience `vault-approle`:
+/// bound to this pod (its name and UID are in the token), so TokenReview can tell the controller
+/// which pod shows it.
+pub fn identity_volume() -> Volume {
+    Volume {
+        name: IDENTITY_VOLUME_NAME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(IDENTITY_AUDIENCE.into()),
+                    expiration_seconds: Some(IDENTITY_TOKEN_EXPIRATION_SECONDS),
+                    path: IDENTITY_TOKEN_FILE.into(),
+                }),
+                ..Default::default()
+            }]),
+            default_mode: None,
+        }),
         ..Default::default()
     }
 }
@@ -258,13 +309,13 @@ pub fn patch(
             return Err(InjectError::UnknownContainers { unknown, known });
         }
     }
-    if pod_spec
-        .volumes
-        .iter()
-        .flatten()
-        .any(|v| v.name == VOLUME_NAME)
-    {
-        return Err(InjectError::VolumeNameTaken);
+    for name in [VOLUME_NAME, IDENTITY_VOLUME_NAME] {
+        if pod_spec.volumes.iter().flatten().any(|v| v.name == name) {
+            return Err(InjectError::VolumeNameTaken(name));
+        }
+    }
+    if spec.mount_path == IDENTITY_MOUNT_PATH {
+        return Err(InjectError::MountPathReserved);
     }
     let selected: Vec<(usize, &Container)> = pod_spec
         .containers
@@ -325,11 +376,11 @@ pub fn patch(
         // First: it must run before any init container that might want the credential.
         Some(_) => add(&["spec", "initContainers", "0"], init),
     });
-    push_item(
+    push_items(
         &mut ops,
         &["spec", "volumes"],
         pod_spec.volumes.is_some(),
-        to_value(&volume())?,
+        vec![to_value(&volume())?, to_value(&identity_volume())?],
     );
     let mount = to_value(&app_mount(spec))?;
     for (i, c) in selected {
@@ -388,13 +439,23 @@ fn push_item(
     exists: bool,
     value: serde_json::Value,
 ) {
-    ops.push(if exists {
+    push_items(ops, tokens, exists, vec![value]);
+}
+
+/// Appends `values` in order to the array at `tokens`, creating it (in one operation) when absent.
+fn push_items(
+    ops: &mut Vec<PatchOperation>,
+    tokens: &[&str],
+    exists: bool,
+    values: Vec<serde_json::Value>,
+) {
+    if exists {
         let mut path = tokens.to_vec();
         path.push("-");
-        add(&path, value)
+        ops.extend(values.into_iter().map(|v| add(&path, v)));
     } else {
-        add(tokens, serde_json::Value::Array(vec![value]))
-    });
+        ops.push(add(tokens, serde_json::Value::Array(values)));
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +542,7 @@ mod tests {
                     ("add", "/metadata/labels/vault-approle.io~1managed"),
                     ("add", "/metadata/annotations/vault-approle.io~1status"),
                     ("add", "/spec/initContainers/0"),
+                    ("add", "/spec/volumes/-"),
                     ("add", "/spec/volumes/-"),
                     ("add", "/spec/containers/0/volumeMounts/-"),
                     ("add", "/spec/containers/1/volumeMounts"),
@@ -582,6 +644,24 @@ mod tests {
                 &["volume named \"vault-approle\""],
             ),
             (
+                "identity volume name taken",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web"}},
+                       "spec": {"volumes": [{"name": IDENTITY_VOLUME_NAME, "emptyDir": {}}],
+                                "containers": [{"name": "app", "image": "a"}]}}),
+                &["volume named \"vault-approle-identity\""],
+            ),
+            (
+                "mount path of the identity token",
+                json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
+                                                    "vault-approle.io/mount-path": IDENTITY_MOUNT_PATH}},
+                       "spec": {"containers": [{"name": "app", "image": "a"}]}}),
+                &[
+                    "vault-approle.io/mount-path",
+                    IDENTITY_MOUNT_PATH,
+                    "identity token",
+                ],
+            ),
+            (
                 "mount path taken",
                 json!({"metadata": {"annotations": {"vault-approle.io/role": "web",
                                                     "vault-approle.io/mount-path": "/secrets"}},
@@ -633,6 +713,54 @@ mod tests {
         assert_eq!(label.map(String::as_str), Some("true"));
         let status = p.metadata.annotations.as_ref().and_then(|a| a.get(STATUS));
         assert_eq!(status.map(String::as_str), Some(STATUS_INJECTED));
+    }
+
+    #[test]
+    fn only_the_init_container_gets_the_identity_token() {
+        let p = injected(json!({"vault-approle.io/role": "web"}));
+        let v = serde_json::to_value(&p).expect("json");
+        let volume = v["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == IDENTITY_VOLUME_NAME)
+            .cloned()
+            .expect("identity volume");
+        assert_eq!(
+            volume["projected"]["sources"],
+            json!([{"serviceAccountToken": {
+                "audience": "vault-approle", "expirationSeconds": 600, "path": "token"}}])
+        );
+        let mounts_identity = |c: &Value| {
+            c["volumeMounts"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|m| m["name"] == IDENTITY_VOLUME_NAME))
+        };
+        let init = &v["spec"]["initContainers"][0];
+        assert_eq!(init["name"], INIT_CONTAINER_NAME);
+        let mount = init["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == IDENTITY_VOLUME_NAME)
+            .cloned()
+            .expect("identity mount");
+        assert_eq!(mount["mountPath"], IDENTITY_MOUNT_PATH);
+        assert_eq!(mount["readOnly"], true);
+        let env = init["env"].as_array().expect("env");
+        let file = env
+            .iter()
+            .find(|e| e["name"] == "APPROLE_INIT_IDENTITY_TOKEN_FILE")
+            .expect("identity env");
+        assert_eq!(
+            file["value"],
+            "/var/run/secrets/vault-approle-identity/token"
+        );
+        // Neither the app containers nor the pod's own init containers see it.
+        assert!(!mounts_identity(&v["spec"]["initContainers"][1]));
+        for c in v["spec"]["containers"].as_array().expect("containers") {
+            assert!(!mounts_identity(c), "{}", c["name"]);
+        }
     }
 
     #[test]

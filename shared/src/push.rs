@@ -3,16 +3,27 @@
 //! `POST https://<podIP>:<port>/v1/secret-id` over mutual TLS, a JSON [`PushRequest`] of at most
 //! [`MAX_BODY_BYTES`]; the init container answers [`PushResponse`] only after it has logged in and
 //! written its files, or a [`PushError`] with one of the status codes documented on [`Refusal`].
+//!
+//! Pod identity comes first, on the same connection (HTTP/1.1 keep-alive, one TLS session):
+//!
+//! ```text
+//!   controller ──mTLS──▶ GET /v1/identity ──▶ 200 IdentityResponse {"token": <projected SA token>}
+//!       │  TokenReview(token, audiences [IDENTITY_AUDIENCE]) bound to this pod's name and UID?
+//!       └─ yes ──▶ POST /v1/secret-id (same connection)      no ──▶ nothing is sent
+//! ```
 
 use serde::{Deserialize, Serialize};
 
 use crate::annotations::RoleName;
-use crate::secret::WrappingToken;
+use crate::secret::{IdentityToken, WrappingToken};
 
 /// Path of the push.
 pub const SECRET_ID_PATH: &str = "/v1/secret-id";
-/// Path of the identity check (pod-identity issue).
+/// Path of the identity check: the init container shows its projected service-account token.
 pub const IDENTITY_PATH: &str = "/v1/identity";
+/// Audience of the projected service-account token the init container shows: a token minted for
+/// this audience is useless to the Kubernetes API and to anything that checks for its own.
+pub const IDENTITY_AUDIENCE: &str = "vault-approle";
 /// Largest accepted body: a push is four short strings; anything bigger is not ours.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -98,6 +109,11 @@ impl TerminationMessage {
             .ok()
             .filter(|m| m.status == "delivered" && !m.token_accessor.is_empty())
     }
+/// 200 answer to `GET /v1/identity`. Its `Debug` is redacted: the token is a credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityResponse {
+    /// The pod's projected service-account token (audience [`IDENTITY_AUDIENCE`]).
+    pub token: IdentityToken,
 }
 
 /// 4xx/5xx answer body.
@@ -229,6 +245,15 @@ mod tests {
     fn unknown_fields_are_rejected() {
         let body = r#"{"pod_uid":"u","role":"r","role_id":"i","wrapping_token":"w","x":1}"#;
         assert!(serde_json::from_str::<PushRequest>(body).is_err());
+    }
+
+    #[test]
+    fn identity_response_debug_redacts_the_token() {
+        let r: IdentityResponse =
+            serde_json::from_str(r#"{"token":"eyJhbGciOi.secret.sig"}"#).expect("json");
+        assert_eq!(r.token.expose(), "eyJhbGciOi.secret.sig");
+        let s = format!("{r:?}");
+        assert!(!s.contains("secret"), "{s}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Credentials as redacted newtypes.
 //!
-//! A [`ClientToken`], [`SecretId`] or [`WrappingToken`] prints as `[REDACTED …]` through `Debug` and
+//! A [`ClientToken`], [`SecretId`], [`WrappingToken`] or [`IdentityToken`] prints as `[REDACTED …]` through `Debug` and
 //! has no `Display`, so `?value`, `{:?}` and `%error` can never leak one. The only way to the text is
 //! `expose()`, used at the single places where the value goes on the wire or into the token file.
 
@@ -64,6 +64,13 @@ secret_newtype!(
     /// A single-use response-wrapping token.
     WrappingToken,
     "wrapping token"
+);
+secret_newtype!(
+    /// A pod's projected service-account token (audience `vault-approle`), shown by the init
+    /// container on `GET /v1/identity` to the controller only. A bearer credential for its
+    /// audience until it expires.
+    IdentityToken,
+    "identity token"
 );
 
 #[cfg(test)]

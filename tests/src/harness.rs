@@ -761,6 +761,33 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         Ok(pod)
     }
 
+    /// Like [`Stack::injected_pod`], with the init container listening on `listen` instead of the
+    /// port the annotations name: nothing of the pod answers where the controller pushes (room
+    /// for an [`Impostor`](crate::impostor::Impostor)).
+    pub async fn injected_pod_listening_on(
+        &self,
+        name: &str,
+        annotations: Value,
+        listen: &str,
+    ) -> anyhow::Result<Pod> {
+        let mut pod = self.injected_pod(name, annotations).await?;
+        let init = pod
+            .spec
+            .as_mut()
+            .and_then(|s| s.init_containers.as_mut())
+            .and_then(|all| {
+                all.iter_mut()
+                    .find(|c| c.name == approle_shared::INIT_CONTAINER_NAME)
+            })
+            .context("the injected pod has no init container")?;
+        for e in init.env.iter_mut().flatten() {
+            if e.name == "APPROLE_INIT_LISTEN" {
+                e.value = Some(listen.to_owned());
+            }
+        }
+        Ok(pod)
+    }
+
     /// Creates a pod in `default`.
     pub async fn create(&self, pod: &Pod) -> anyhow::Result<Pod> {
         Ok(self.pods().create(&PostParams::default(), pod).await?)
@@ -834,13 +861,25 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         .await
     }
 
-    /// Host directory of a pod's credential volume.
-    pub fn volume_dir(&self, pod: &Pod) -> PathBuf {
+    /// Host directory of a pod's volume, as kube-dev's kubelet lays it out.
+    fn pod_volume_dir(&self, pod: &Pod, plugin: &str, volume: &str) -> PathBuf {
         self.kube_root
             .join("pods")
             .join(pod.metadata.uid.as_deref().unwrap_or_default())
-            .join("volumes/kubernetes.io~empty-dir")
-            .join(inject::VOLUME_NAME)
+            .join("volumes")
+            .join(plugin)
+            .join(volume)
+    }
+
+    /// Host directory of a pod's credential volume.
+    pub fn volume_dir(&self, pod: &Pod) -> PathBuf {
+        self.pod_volume_dir(pod, "kubernetes.io~empty-dir", inject::VOLUME_NAME)
+    }
+
+    /// Host path of a pod's identity token (the projected volume only its init container mounts).
+    pub fn identity_token_path(&self, pod: &Pod) -> PathBuf {
+        self.pod_volume_dir(pod, "kubernetes.io~projected", inject::IDENTITY_VOLUME_NAME)
+            .join(inject::IDENTITY_TOKEN_FILE)
     }
 
     /// Reads the token a pod received.

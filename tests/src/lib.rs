@@ -4,7 +4,9 @@
 //! * [`kube_dev`] — a local Kubernetes API server with a kubelet simulator (binary `kube-dev`).
 //! * [`harness`] — starts the real binaries as processes on loopback, captures their output, and
 //!   offers the helpers the end-to-end tests and the sandbox share.
+//! * [`impostor`] — a TLS server on a pod's IP that is not the pod's init container.
 
 pub mod harness;
+pub mod impostor;
 pub mod kube_dev;
 pub mod vault_dev;

@@ -1,11 +1,12 @@
 //! End to end through Kubernetes: vault-dev, kube-dev (whose kubelet runs the real approle-init as
 //! a process on the pod's own 127.x.y.z address) and the real approle-controller binary.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use approle_testkit::harness::{self, ROLE, Stack, StackOptions, delivered};
+use approle_testkit::impostor::{Answer, Impostor};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
@@ -226,20 +227,45 @@ async fn vault_outage_gets_backoff_and_delivery_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_deleted_during_delivery_gets_its_secret_id_destroyed() {
     let _one = harness::exclusive().await;
-    let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    // The init container listens on another port than the annotation says, so pushes never land.
-    let mut pod = stack
-        .injected_pod("gone-0", json!({"vault-approle.io/role": ROLE}))
+    let stack = Stack::start(StackOptions {
+        // A push that is never answered is given up (and retried) quickly.
+        controller_args: vec!["--push-timeout".into(), "2s".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    // The init container listens on another port than the annotation says. Where the controller
+    // pushes, a stand-in shows the pod's own identity token (so a secret_id is minted) and never
+    // answers the push: the delivery stays in flight until the pod is deleted. (Not port 8643:
+    // every kube-dev's first pod is 127.1.0.1, and other test runs may have an init container there.)
+    let pod = stack
+        .injected_pod_listening_on(
+            "gone-0",
+            json!({"vault-approle.io/role": ROLE, "vault-approle.io/port": "9997"}),
+            "0.0.0.0:9998",
+        )
         .await
         .expect("pod");
-    let spec = pod.spec.as_mut().expect("spec");
-    let init = &mut spec.init_containers.as_mut().expect("inits")[0];
-    for e in init.env.as_mut().expect("env") {
-        if e.name == "APPROLE_INIT_LISTEN" {
-            e.value = Some("0.0.0.0:9998".into());
-        }
-    }
     stack.create(&pod).await.expect("create");
+    let pod = stack
+        .wait_pod("gone-0", "an IP", DELIVERY, |p| {
+            p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+        })
+        .await
+        .expect("IP");
+    let token = harness::wait_for("the pod's identity token", DELIVERY, || async {
+        std::fs::read_to_string(stack.identity_token_path(&pod)).ok()
+    })
+    .await
+    .expect("identity token");
+    let _stand_in = Impostor::start(
+        SocketAddr::new(pod_ip(&pod), 9997),
+        &stack.injector_ca_pem().await.expect("CA"),
+        Answer::Token(token),
+        true,
+    )
+    .await
+    .expect("stand-in");
     harness::wait_for("a live secret_id for the pod", DELIVERY, || async {
         stack
             .live_secret_ids(ROLE)

@@ -37,6 +37,24 @@ async fn review(client: &kube::Client, token: &str, audiences: &[&str]) -> Value
     serde_json::to_value(out.status).expect("status json")
 }
 
+/// The claims of a JWT (no verification: kube-dev's TokenReview does that).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("claims JSON")
+}
+
+/// The API's refusal of creating `pod`.
+async fn refused(pods: &Api<Pod>, pod: &Pod) -> kube::core::Status {
+    match pods.create(&PostParams::default(), pod).await {
+        Err(kube::Error::Api(s)) => *s,
+        other => panic!("an API error expected, got {other:?}"),
+    }
+}
+
 async fn running_pod(pods: &Api<Pod>, name: &str) -> Pod {
     let cond = await_condition(pods.clone(), name, |p: Option<&Pod>| {
         p.and_then(|p| p.status.as_ref())
@@ -191,12 +209,39 @@ async fn projected_tokens_secrets_and_configmaps_are_written_where_the_pod_mount
 
     let token = std::fs::read_to_string(kd.pod_projected_dir(&uid, "vault-token").join("token"))
         .expect("projected token");
+    // Written with the requested audience and lifetime, bound to the pod, like the kubelet's.
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["aud"], json!(["vault-approle"]));
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        600
+    );
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "web-0");
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], json!(uid));
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
     let r = review(&client, &token, &["vault-approle"]).await;
     assert_eq!(r["authenticated"], true, "{r}");
+    assert_eq!(r["audiences"], json!(["vault-approle"]));
+    assert_eq!(
+        r["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        r["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["web-0"])
+    );
     assert_eq!(
         r["user"]["extra"]["authentication.kubernetes.io/pod-uid"],
         json!([uid])
     );
+    // The API's own audience, or none given (which means the API's), does not accept it.
+    for audiences in [
+        &[][..],
+        &["https://kubernetes.default.svc.cluster.local"][..],
+    ] {
+        let r = review(&client, &token, audiences).await;
+        assert_ne!(r["authenticated"], true, "{audiences:?}: {r}");
+    }
 
     let record: Value =
         serde_json::from_slice(&std::fs::read(kd.app_record(&uid, "app")).expect("record"))
@@ -234,6 +279,31 @@ async fn projected_tokens_secrets_and_configmaps_are_written_where_the_pod_mount
 }
 
 #[tokio::test]
+async fn projected_tokens_shorter_than_ten_minutes_are_refused_at_creation() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0"},
+        "spec": {
+            "containers": [{"name": "app", "image": "nginx"}],
+            "volumes": [{"name": "t", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "vault-approle", "expirationSeconds": 60, "path": "token"}}
+            ]}}]
+        }
+    }))
+    .expect("pod");
+    let s = refused(&pods, &pod).await;
+    assert_eq!(s.code, 422);
+    assert!(
+        s.message.contains(
+            "spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"
+        ),
+        "{}",
+        s.message
+    );
+}
+
+#[tokio::test]
 async fn pods_need_an_existing_service_account() {
     let (_kd, client) = start().await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
@@ -242,13 +312,7 @@ async fn pods_need_an_existing_service_account() {
         "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "nginx"}]}
     }))
     .expect("pod");
-    let e = pods
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect_err("no such service account");
-    let kube::Error::Api(s) = e else {
-        panic!("api error expected")
-    };
+    let s = refused(&pods, &pod).await;
     assert_eq!(s.code, 403);
     assert_eq!(
         s.message,

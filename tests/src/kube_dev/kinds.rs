@@ -174,6 +174,7 @@ pub fn validate_pod(pod: &Value) -> Vec<Cause> {
                 .map(|v| v.iter().map(|v| str_at(v, &["name"])).collect())
                 .unwrap_or_default();
             if let Some(mounts) = c.get("volumeMounts").and_then(Value::as_array) {
+                let mut paths = Vec::new();
                 for (j, m) in mounts.iter().enumerate() {
                     let vn = str_at(m, &["name"]);
                     if !vols.contains(&vn) {
@@ -183,7 +184,66 @@ pub fn validate_pod(pod: &Value) -> Vec<Cause> {
                             format!("Not found: \"{vn}\""),
                         ));
                     }
+                    let mp = str_at(m, &["mountPath"]);
+                    if paths.contains(&mp) {
+                        causes.push(cause(
+                            "FieldValueInvalid",
+                            format!("spec.{list}[{i}].volumeMounts[{j}].mountPath"),
+                            format!("Invalid value: \"{mp}\": must be unique"),
+                        ));
+                    }
+                    paths.push(mp);
                 }
+            }
+        }
+    }
+    causes.extend(validate_projected_tokens(spec));
+    causes
+}
+
+/// `serviceAccountToken` projections: a path, and an expiry between 10 minutes and 2^32 seconds
+/// (the API server's messages).
+fn validate_projected_tokens(spec: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let vols = spec
+        .and_then(|s| s.get("volumes"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, v) in vols.iter().enumerate() {
+        let sources = v
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (j, src) in sources.iter().enumerate() {
+            let Some(t) = src.get("serviceAccountToken") else {
+                continue;
+            };
+            let field = format!("spec.volumes[{i}].projected.sources[{j}].serviceAccountToken");
+            if let Some(exp) = t.get("expirationSeconds").and_then(Value::as_i64) {
+                if exp < 600 {
+                    causes.push(cause(
+                        "FieldValueInvalid",
+                        format!("{field}.expirationSeconds"),
+                        format!(
+                            "Invalid value: {exp}: may not specify a duration less than 10 minutes"
+                        ),
+                    ));
+                } else if exp > 1 << 32 {
+                    causes.push(cause(
+                        "FieldValueInvalid",
+                        format!("{field}.expirationSeconds"),
+                        format!("Invalid value: {exp}: may not specify a duration larger than 2^32 seconds"),
+                    ));
+                }
+            }
+            if str_at(t, &["path"]).is_empty() {
+                causes.push(cause(
+                    "FieldValueRequired",
+                    format!("{field}.path"),
+                    "Required value",
+                ));
             }
         }
     }
@@ -374,6 +434,35 @@ mod tests {
         let causes = validate_pod(&json!({"spec": {"containers": [
             {"name": "a", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}}));
         assert_eq!(causes[0].field, "spec.containers[0].volumeMounts[0].name");
+        let causes = validate_pod(&json!({"spec": {
+            "containers": [{"name": "a", "image": "i", "volumeMounts": [
+                {"name": "v", "mountPath": "/v"}, {"name": "t", "mountPath": "/v"}]}],
+            "volumes": [{"name": "v", "emptyDir": {}}, {"name": "t", "emptyDir": {}}]}}));
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(
+            causes[0].field,
+            "spec.containers[0].volumeMounts[1].mountPath"
+        );
+    }
+
+    #[test]
+    fn projected_token_expiry_is_at_least_ten_minutes() {
+        let pod = |exp: i64| {
+            json!({"spec": {
+                "containers": [{"name": "a", "image": "i"}],
+                "volumes": [{"name": "t", "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "x", "expirationSeconds": exp, "path": "token"}}]}}]}})
+        };
+        assert!(validate_pod(&pod(600)).is_empty());
+        let causes = validate_pod(&pod(599));
+        assert_eq!(
+            causes[0].field,
+            "spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds"
+        );
+        assert!(
+            causes[0].message.contains("less than 10 minutes"),
+            "{causes:?}"
+        );
     }
 
     #[test]

@@ -465,6 +465,7 @@ impl PodTask {
         if let Err(e) = self.prepare_volumes() {
             tracing::warn!(pod.namespace = %self.ns, pod.name = %self.name, error = %e, "volume setup failed");
         }
+        self.rotate_projected_tokens();
         if !self.publish() {
             return;
         }
@@ -533,6 +534,59 @@ impl PodTask {
         Ok(())
     }
 
+    /// Keeps projected `serviceAccountToken` files fresh as the kubelet does: each is rewritten
+    /// (atomically) once [`token_refresh_after`] of its lifetime has passed, until the pod stops.
+    fn rotate_projected_tokens(&mut self) {
+        let mut tokens = Vec::new();
+        for v in self
+            .pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(dir) = self.volumes.get(str_at(v, &["name"])) else {
+                continue;
+            };
+            for src in v
+                .pointer("/projected/sources")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = src.get("serviceAccountToken") {
+                    let (audience, expiry) = token_projection(t);
+                    tokens.push((dir.join(str_at(t, &["path"])), audience.to_string(), expiry));
+                }
+            }
+        }
+        for (path, audience, expiry) in tokens {
+            let (k, pod, mut stop) = (self.k.clone(), self.pod.clone(), self.stop.clone());
+            self.sidecars.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(token_refresh_after(expiry)) => {}
+                        _ = stop_requested(&mut stop) => return,
+                    }
+                    let Ok(token) = k.tokens.issue_for_pod(&k.store, &pod, &audience, expiry)
+                    else {
+                        continue;
+                    };
+                    // Same mode as the file it replaces, swapped in by a rename.
+                    let tmp = path.with_extension("rotating");
+                    let written = std::fs::write(&tmp, token).and_then(|()| {
+                        let mode = std::fs::metadata(&path)?.permissions();
+                        std::fs::set_permissions(&tmp, mode)?;
+                        std::fs::rename(&tmp, &path)
+                    });
+                    if written.is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                }
+            }));
+        }
+    }
+
     /// Files of configMap, secret, downwardAPI and projected volumes: (path, bytes, mode).
     #[allow(clippy::type_complexity)]
     fn volume_files(&self, v: &Value) -> Option<(&'static str, Vec<(String, Vec<u8>, u32)>)> {
@@ -568,11 +622,7 @@ impl PodTask {
                 .unwrap_or_default()
             {
                 if let Some(t) = s.get("serviceAccountToken") {
-                    let audience = str_at(t, &["audience"]);
-                    let expiry = t
-                        .get("expirationSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(3607);
+                    let (audience, expiry) = token_projection(t);
                     if let Ok(token) =
                         self.k
                             .tokens
@@ -1199,6 +1249,23 @@ async fn signal_group(pgid: u32, sig: &str) {
         .await;
 }
 
+/// Audience and lifetime of a `serviceAccountToken` projection. A missing lifetime is taken as
+/// 3607 s (the API server defaults it to 3600; its own `kube-api-access` volume asks for 3607).
+fn token_projection(t: &Value) -> (&str, i64) {
+    let expiry = t
+        .get("expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3607);
+    (str_at(t, &["audience"]), expiry)
+}
+
+/// When the kubelet renews a projected token: after 80 % of its lifetime (at most 24 h), as
+/// the real kubelet's token manager does.
+pub fn token_refresh_after(expiration_seconds: i64) -> Duration {
+    let secs = u64::try_from(expiration_seconds.max(600)).unwrap_or(600);
+    Duration::from_secs((secs * 4 / 5).min(24 * 3600))
+}
+
 fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -1297,6 +1364,21 @@ mod tests {
         assert_eq!(
             read_termination_message(&file).map(|m| m.len()),
             Some(TERMINATION_MESSAGE_MAX)
+        );
+    }
+
+    #[test]
+    fn projected_tokens_are_renewed_at_four_fifths_of_their_lifetime() {
+        assert_eq!(token_refresh_after(600), Duration::from_secs(480));
+        assert_eq!(token_refresh_after(3607), Duration::from_secs(2885));
+        assert_eq!(
+            token_refresh_after(60),
+            Duration::from_secs(480),
+            "600 s at least"
+        );
+        assert_eq!(
+            token_refresh_after(7 * 24 * 3600),
+            Duration::from_secs(24 * 3600)
         );
     }
 }

@@ -6,7 +6,8 @@
 //!   `expirationSeconds` ≥ 600, `boundObjectRef` to a Pod whose UID must match).
 //! * `POST /apis/authentication.k8s.io/v1/tokenreviews` (signature, expiry, audience, and the
 //!   bound pod and service account still existing with the same UIDs).
-//! * The kubelet writes projected `serviceAccountToken` volumes with [`TokenIssuer::issue_for_pod`].
+//! * The kubelet writes projected `serviceAccountToken` volumes with [`TokenIssuer::issue_for_pod`]
+//!   (requested audience and expiry, bound to the pod) and renews them at 80 % of their lifetime.
 //!
 //! Tokens are credentials: they are never logged and never part of an error message.
 
@@ -429,18 +430,23 @@ impl TokenIssuer {
 mod tests {
     use super::*;
 
+    /// Pod `d/p` with `uid` (service account `default`).
+    fn create_pod(store: &Store, uid: &str) -> Value {
+        store
+            .create(
+                "pods",
+                json!({"metadata": {"name": "p", "namespace": "d", "uid": uid},
+                       "spec": {"serviceAccountName": "default"}}),
+                false,
+            )
+            .unwrap()
+    }
+
     #[test]
     fn bound_tokens_verify_until_their_pod_goes_away() {
         let store = Store::new(10);
         let issuer = TokenIssuer::new("n").unwrap();
-        let pod = store
-            .create(
-                "pods",
-                json!({"metadata": {"name": "p", "namespace": "d", "uid": "u1"},
-                                   "spec": {"serviceAccountName": "default"}}),
-                false,
-            )
-            .unwrap();
+        let pod = create_pod(&store, "u1");
         let t = issuer
             .issue_for_pod(&store, &pod, "vault-approle", 600)
             .unwrap();
@@ -462,5 +468,30 @@ mod tests {
             .verify(&store, &t, &["vault-approle".into()])
             .unwrap_err();
         assert!(e.0.contains("not found"), "{e}");
+
+        // A new pod of the same name does not revive the old pod's token.
+        create_pod(&store, "u2");
+        let e = issuer
+            .verify(&store, &t, &["vault-approle".into()])
+            .unwrap_err();
+        assert!(e.0.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn expired_tokens_do_not_verify() {
+        let store = Store::new(10);
+        let issuer = TokenIssuer::new("n").unwrap();
+        let pod = create_pod(&store, "u1");
+        let sa = json!({"metadata": {"name": "default", "uid": ""}});
+        let aud = vec!["vault-approle".to_string()];
+        let expired = issuer
+            .sign(&issuer.claims("d", &sa, Some(&pod), &aud, -1))
+            .unwrap();
+        let e = issuer.verify(&store, &expired, &aud).unwrap_err();
+        assert!(e.0.contains("expired"), "{e}");
+        let fresh = issuer
+            .sign(&issuer.claims("d", &sa, Some(&pod), &aud, 600))
+            .unwrap();
+        assert!(issuer.verify(&store, &fresh, &aud).is_ok());
     }
 }
