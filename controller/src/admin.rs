@@ -131,6 +131,7 @@ impl Default for Metrics {
             "leader_transitions",
             "Leadership changes of this replica, by direction (acquired, lost)",
             leader_transitions.clone(),
+        );
         registry.register(
             "identity_failures",
             "Pod-identity checks that failed before a push (nothing was pushed), by reason",
@@ -173,6 +174,9 @@ impl Metrics {
         let transition = if leading { "acquired" } else { "lost" };
         self.leader_transitions
             .get_or_create(&Transition { transition })
+            .inc();
+    }
+
     /// Counts a failed pod-identity check.
     pub fn identity_failure(&self, reason: &'static str) {
         self.identity_failures

@@ -109,6 +109,8 @@ impl TerminationMessage {
             .ok()
             .filter(|m| m.status == "delivered" && !m.token_accessor.is_empty())
     }
+}
+
 /// 200 answer to `GET /v1/identity`. Its `Debug` is redacted: the token is a credential.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentityResponse {
