@@ -28,7 +28,8 @@ pub struct Outcome {
 /// Reason label of a destroyed secret_id.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`.
+    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`,
+    /// `orphaned` (minted by a request that timed out).
     pub reason: &'static str,
 }
 
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub tokens_revoked: Counter,
     /// Seconds from the decision to deliver until the init container confirmed.
     pub delivery_seconds: Histogram,
+    /// The controller's own Vault login: logins, renewals, token TTL.
+    pub vault_auth: crate::vault_auth::AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -96,6 +99,8 @@ impl Default for Metrics {
             "From the decision to deliver until the init container confirmed",
             delivery_seconds.clone(),
         );
+        let vault_auth = crate::vault_auth::AuthMetrics::default();
+        vault_auth.register(&mut registry);
         Self {
             registry,
             deliveries,
@@ -105,6 +110,7 @@ impl Default for Metrics {
             vault_errors,
             tokens_revoked,
             delivery_seconds,
+            vault_auth,
         }
     }
 }
@@ -136,8 +142,8 @@ impl Metrics {
 pub struct Readiness {
     /// The pod watch has listed once.
     pub watch_synced: AtomicBool,
-    /// The controller's Vault token could be read.
-    pub vault_token: AtomicBool,
+    /// The controller holds a Vault token that has not expired and that Vault has not refused.
+    pub vault_login: AtomicBool,
     /// Push (and webhook) certificates are loaded.
     pub certificates: AtomicBool,
 }
@@ -147,7 +153,7 @@ impl Readiness {
     pub fn missing(&self) -> Vec<&'static str> {
         [
             (&self.watch_synced, "pod watch not synced"),
-            (&self.vault_token, "Vault token not readable"),
+            (&self.vault_login, "Vault login not valid"),
             (&self.certificates, "certificates not loaded"),
         ]
         .into_iter()
@@ -226,7 +232,7 @@ mod tests {
         let r = Readiness::default();
         assert_eq!(r.missing().len(), 3);
         r.watch_synced.store(true, Ordering::Relaxed);
-        r.vault_token.store(true, Ordering::Relaxed);
+        r.vault_login.store(true, Ordering::Relaxed);
         assert_eq!(r.missing(), vec!["certificates not loaded"]);
         r.certificates.store(true, Ordering::Relaxed);
         assert!(r.missing().is_empty());

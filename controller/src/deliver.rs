@@ -14,8 +14,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +33,9 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
+use crate::orphans::Orphans;
 use crate::push::{PushClient, PushFailure};
+use crate::vault_auth::{CallError, VaultAuth};
 
 /// Event reasons (DESIGN.md "What the controller guarantees").
 pub mod reason {
@@ -60,8 +60,6 @@ pub enum Error {
 pub struct Settings {
     /// AppRole mount.
     pub mount: String,
-    /// Token file of the controller's own Vault token.
-    pub token_file: PathBuf,
     /// secret_id TTL.
     pub secret_id_ttl: Duration,
     /// Wrapping token TTL.
@@ -78,6 +76,10 @@ pub struct Context {
     pub store: Store<Pod>,
     /// Vault.
     pub vault: Vault,
+    /// The controller's own Vault token.
+    pub auth: Arc<VaultAuth>,
+    /// Mints whose answer never came, to find and destroy what they minted.
+    pub orphans: Arc<Orphans>,
     /// Push client.
     pub push: PushClient,
     /// Event recorder.
@@ -93,12 +95,27 @@ pub struct Context {
     unrecorded: Mutex<HashMap<String, String>>,
 }
 
+/// Everything a delivery needs of Vault.
+#[derive(Debug)]
+pub struct VaultSide {
+    /// The client.
+    pub vault: Vault,
+    /// The controller's own token.
+    pub auth: Arc<VaultAuth>,
+    /// Finds what unanswered mints minted.
+    pub orphans: Arc<Orphans>,
+}
+
 impl Context {
     /// Builds the context.
     pub fn new(
         client: kube::Client,
         store: Store<Pod>,
-        vault: Vault,
+        VaultSide {
+            vault,
+            auth,
+            orphans,
+        }: VaultSide,
         push: PushClient,
         recorder: Recorder,
         settings: Settings,
@@ -108,6 +125,8 @@ impl Context {
             client,
             store,
             vault,
+            auth,
+            orphans,
             push,
             recorder,
             settings,
@@ -195,17 +214,17 @@ async fn deliver(
 ) -> Result<Action, Error> {
     let role = spec.role.as_str();
     let started = Instant::now();
-    let token = match read_token(&ctx.settings.token_file).await {
-        Ok(t) => {
-            ctx.admin.ready.vault_token.store(true, Ordering::Relaxed);
-            t
-        }
-        Err(e) => {
-            ctx.admin.ready.vault_token.store(false, Ordering::Relaxed);
-            return fail(ctx, pod, e).await;
+    // A cached role-id asks nothing of Vault, so it must not count as Vault answering.
+    let cached = lock(&ctx.role_ids).get(role).cloned();
+    let role_id = match cached {
+        Some(id) => Ok(id),
+        None => {
+            ctx.auth
+                .with_token(|token| async move { role_id(ctx, &token, role).await })
+                .await
         }
     };
-    let role_id = match role_id(ctx, &token, role).await {
+    let role_id = match role_id {
         Ok(id) => id,
         Err(e) => {
             ctx.admin.metrics.vault_errors.inc();
@@ -215,9 +234,17 @@ async fn deliver(
     let request = secret_id_request(pod, pod_ip, &ctx.settings);
     let mut last_failure = String::new();
     for _ in 0..ctx.settings.max_mints.max(1) {
+        let mint = ctx.auth.with_token(|token| {
+            let request = &request;
+            async move {
+                ctx.vault
+                    .generate_wrapped_secret_id(&token, &ctx.settings.mount, role, request)
+                    .await
+            }
+        });
         let wrapped = match ctx
-            .vault
-            .generate_wrapped_secret_id(&token, &ctx.settings.mount, role, &request)
+            .orphans
+            .mint(role, &pod.uid().unwrap_or_default(), mint)
             .await
         {
             Ok(w) => w,
@@ -246,7 +273,7 @@ async fn deliver(
             PushOutcome::Refused(_) => Some("refused"),
         };
         if let Some(why) = why {
-            destroy(ctx, &token, role, &wrapped.secret_id_accessor, why).await;
+            destroy(ctx, role, &wrapped.secret_id_accessor, why).await;
         }
         match outcome {
             PushOutcome::Delivered(resp) => {
@@ -370,23 +397,6 @@ fn secret_id_request(pod: &Pod, pod_ip: IpAddr, settings: &Settings) -> SecretId
     }
 }
 
-async fn read_token(path: &PathBuf) -> Result<ClientToken, String> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-        format!(
-            "cannot read the controller's Vault token file {}: {e}",
-            path.display()
-        )
-    })?;
-    let token = ClientToken::new(text.trim());
-    if token.is_empty() {
-        return Err(format!(
-            "the controller's Vault token file {} is empty",
-            path.display()
-        ));
-    }
-    Ok(token)
-}
-
 async fn role_id(ctx: &Context, token: &ClientToken, role: &str) -> Result<String, VaultError> {
     if let Some(id) = lock(&ctx.role_ids).get(role) {
         return Ok(id.clone());
@@ -399,7 +409,10 @@ async fn role_id(ctx: &Context, token: &ClientToken, role: &str) -> Result<Strin
     Ok(id)
 }
 
-fn describe_vault_error(e: &VaultError, role: &str) -> String {
+fn describe_vault_error(e: &CallError, role: &str) -> String {
+    let CallError::Vault(e) = e else {
+        return e.to_string();
+    };
     match e.status() {
         Some(404) | Some(400) if !e.is_transient() => {
             format!("Vault does not know AppRole {role:?} (or refused it): {e}")
@@ -408,19 +421,17 @@ fn describe_vault_error(e: &VaultError, role: &str) -> String {
     }
 }
 
-async fn destroy(
-    ctx: &Context,
-    token: &ClientToken,
-    role: &str,
-    accessor: &str,
-    why: &'static str,
-) {
+async fn destroy(ctx: &Context, role: &str, accessor: &str, why: &'static str) {
     ctx.admin.metrics.destroyed(why);
-    match ctx
-        .vault
-        .destroy_secret_id_by_accessor(token, &ctx.settings.mount, role, accessor)
-        .await
-    {
+    let destroyed = ctx
+        .auth
+        .with_token(|token| async move {
+            ctx.vault
+                .destroy_secret_id_by_accessor(&token, &ctx.settings.mount, role, accessor)
+                .await
+        })
+        .await;
+    match destroyed {
         Ok(Destroyed::Destroyed) => {
             debug!(secret_id_accessor = accessor, "destroyed unused secret_id")
         }

@@ -14,7 +14,8 @@
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`push`] (the mTLS
-//! push client).
+//! push client), [`vault_auth`] (the controller's own Vault login and token renewal), [`orphans`]
+//! (destroys secret_ids of mints that timed out).
 
 #![forbid(unsafe_code)]
 
@@ -23,8 +24,10 @@ mod args;
 mod certs;
 mod decide;
 mod deliver;
+mod orphans;
 mod push;
 mod revoke;
+mod vault_auth;
 mod webhook;
 
 use std::sync::Arc;
@@ -51,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     approle_shared::telemetry::init(&args.log_level, args.log_format)
         .map_err(anyhow::Error::msg)?;
     let tls_mode = args.tls_mode().map_err(anyhow::Error::msg)?;
+    let auth_method = vault_auth::Method::from_args(&args).map_err(anyhow::Error::msg)?;
 
     let vault_ca_pem = match &args.vault_cacert {
         Some(path) => Some(
@@ -64,7 +68,11 @@ async fn main() -> anyhow::Result<()> {
         ca_pem: vault_ca_pem.clone(),
         timeout: args.vault_timeout,
         source_address: None,
+        tls_skip_verify: args.vault_tls_skip_verify,
     })?;
+    if args.vault_tls_skip_verify {
+        warn!(vault = %args.vault_addr, "Vault TLS verification is disabled (--vault-tls-skip-verify): the controller accepts any certificate from Vault; use this only for testing");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
@@ -97,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(started.certs.run());
     let admin = Arc::new(admin::Admin::default());
     admin.ready.certificates.store(true, Ordering::Relaxed);
+    let auth = vault_auth::VaultAuth::new(
+        auth_method,
+        vault.clone(),
+        admin.clone(),
+        args.vault_timeout,
+    );
+    tokio::spawn(auth.clone().run());
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin port to {}", args.admin_listen))?;
@@ -145,11 +160,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(revoke::run(
         watcher::watcher(pods.clone(), watch.clone()).default_backoff(),
         vault.clone(),
-        args.vault_token_file.clone(),
+        auth.clone(),
         admin.clone(),
     ));
     let controller = Controller::new(pods, watch)
         .with_config(Config::default().concurrency(args.concurrency))
+        // Vault answers again after an outage: pods that failed meanwhile go now, not after
+        // their backoff.
+        .reconcile_all_on(auth.recoveries())
         // First SIGTERM/SIGINT: stop taking new work and let in-flight deliveries finish;
         // a second one aborts.
         .shutdown_on_signal();
@@ -174,20 +192,26 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    // Ready as soon as the token can be read; deliveries keep this current afterwards.
-    admin.ready.vault_token.store(
-        std::fs::read_to_string(&args.vault_token_file).is_ok_and(|t| !t.trim().is_empty()),
-        Ordering::Relaxed,
-    );
+    // A minted secret_id is in use for at most its wrap TTL, plus the push and the Vault calls.
+    let orphans = orphans::Orphans::new(args.wrap_ttl + args.push_timeout + 2 * args.vault_timeout);
+    tokio::spawn(orphans.clone().run(
+        auth.clone(),
+        vault.clone(),
+        args.approle_mount.clone(),
+        admin.clone(),
+    ));
     let ctx = Arc::new(deliver::Context::new(
         client,
         controller.store(),
-        vault,
+        deliver::VaultSide {
+            vault,
+            auth,
+            orphans,
+        },
         started.push,
         recorder,
         deliver::Settings {
             mount: args.approle_mount.clone(),
-            token_file: args.vault_token_file.clone(),
             secret_id_ttl: args.secret_id_ttl,
             wrap_ttl: args.wrap_ttl,
             max_mints: args.max_mints,
