@@ -87,6 +87,14 @@ impl VaultError {
         matches!(self, VaultError::Api { errors, .. } if errors.iter().any(|e| e.contains(INVALID_WRAPPING_TOKEN)))
     }
 
+    /// True when Vault no longer knows a secret_id accessor (used up, expired, destroyed): it
+    /// answers 500 `failed to find accessor entry` (or 400 `invalid secret id accessor`).
+    pub fn is_unknown_secret_id_accessor(&self) -> bool {
+        matches!(self, VaultError::Api { errors, .. } if errors.iter().any(|m| {
+            m.contains("failed to find accessor entry") || m.contains("invalid secret id accessor")
+        }))
+    }
+
     /// True for failures worth retrying (transport, 5xx, 429).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -384,16 +392,10 @@ impl Vault {
             Ok(()) => Ok(Destroyed::Destroyed),
             Err(e) => {
                 let err = from_vaultrs(&op, e, &[token.expose()]);
-                match &err {
-                    VaultError::Api { errors, .. }
-                        if errors.iter().any(|m| {
-                            m.contains("failed to find accessor entry")
-                                || m.contains("invalid secret id accessor")
-                        }) =>
-                    {
-                        Ok(Destroyed::AlreadyGone)
-                    }
-                    _ => Err(err),
+                if err.is_unknown_secret_id_accessor() {
+                    Ok(Destroyed::AlreadyGone)
+                } else {
+                    Err(err)
                 }
             }
         }
@@ -442,15 +444,8 @@ impl Vault {
             Ok(r) => Ok(Some(r.metadata.unwrap_or_default())),
             Err(e) => match from_vaultrs(&op, e, &[token.expose()]) {
                 VaultError::Api { status: 404, .. } => Ok(None),
-                VaultError::Api { errors, .. }
-                    if errors.iter().any(|m| {
-                        m.contains("failed to find accessor entry")
-                            || m.contains("invalid secret id accessor")
-                    }) =>
-                {
-                    Ok(None)
-                }
-                other => Err(other),
+                err if err.is_unknown_secret_id_accessor() => Ok(None),
+                err => Err(err),
             },
         }
     }

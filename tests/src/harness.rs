@@ -1092,6 +1092,26 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         }
     }
 
+    /// Waits until `role` has no live secret_id left.
+    pub async fn wait_no_live_secret_ids(
+        &self,
+        role: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(
+            &format!("no live secret_id of role {role}"),
+            timeout,
+            || async {
+                self.live_secret_ids(role)
+                    .await
+                    .ok()
+                    .filter(|l| l.is_empty())
+                    .map(drop)
+            },
+        )
+        .await
+    }
+
     /// Every captured output: the stack's own logs and every container log under kube-dev.
     pub fn all_output(&self) -> String {
         let mut out = String::new();

@@ -225,15 +225,10 @@ async fn pods_created_while_vault_hangs_for_30_seconds_are_delivered_when_it_is_
     assert!(errors >= 1.0, "{errors}");
     // Requests that timed out during the outage may still be carried out by Vault when it
     // resumes; the controller finds the secret_ids they minted and destroys them.
-    harness::wait_for("no live secret_id left", DELIVERY, || async {
-        stack
-            .live_secret_ids(ROLE)
-            .await
-            .ok()
-            .filter(|l| l.is_empty())
-    })
-    .await
-    .expect("no live secret_id");
+    stack
+        .wait_no_live_secret_ids(ROLE, DELIVERY)
+        .await
+        .expect("no live secret_id");
     wait_ready(&stack).await;
 }
 
