@@ -670,7 +670,7 @@ impl VaultAuth {
                 }
                 None => None,
                 Some(h) => {
-                    if self.token_file_changed(&h).await {
+                    if due && self.token_file_changed(&h).await {
                         info!("the Vault token file changed; loading it");
                         let _one = self.login.lock().await;
                         Some(self.login_once().await.map(drop))

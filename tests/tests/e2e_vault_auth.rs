@@ -1,6 +1,7 @@
 //! The controller's own Vault login, end to end with vault-dev, kube-dev and the real binaries:
 //! Kubernetes auth with renewal and re-login at the max TTL, AppRole auth, a token revoked behind
-//! the controller's back, Vault hanging for 30 s, and Vault TLS with and without verification.
+//! the controller's back, a token file rotated under it, Vault hanging for 30 s, and Vault TLS with
+//! and without verification.
 
 use std::time::Duration;
 
@@ -166,6 +167,48 @@ async fn a_token_revoked_behind_the_controllers_back_is_replaced_by_a_new_login(
         "the 403 is absorbed by one re-login: {events:?}"
     );
     wait_ready(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_picked_up_without_a_restart() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    wait_ready(&stack).await;
+    deliver(&stack, "file-0").await;
+    assert_eq!(stack.metric(0, LOGINS_OK).await, Some(1.0));
+
+    // An agent writes a new token (atomically, by rename), then the old one is revoked.
+    let (_, created) = stack
+        .vault(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": ["approle-controller"], "ttl": "1h"})),
+        )
+        .await
+        .expect("token");
+    let fresh = created["auth"]["client_token"].as_str().expect("token");
+    let file = stack.dir.path().join("controller-token");
+    let tmp = stack.dir.path().join("controller-token.new");
+    std::fs::write(&tmp, fresh).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    metric_at_least(&stack, LOGINS_OK, 2.0).await;
+    let (status, _) = stack
+        .vault(
+            "POST",
+            "auth/token/revoke",
+            Some(json!({"token": stack.controller_token})),
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(status, 204);
+
+    deliver(&stack, "file-1").await;
+    let events = stack.events_for("file-1").await.expect("events");
+    assert!(
+        events.iter().all(|(reason, _)| reason != "DeliveryFailed"),
+        "{events:?}"
+    );
+    stack.assert_no_secrets(&[fresh, &stack.controller_token, harness::ROOT_TOKEN]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
