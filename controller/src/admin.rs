@@ -29,8 +29,9 @@ pub struct Outcome {
 /// Reason label of a destroyed secret_id.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`,
-    /// `identity`; or why a pod-identity check failed (see `crate::identity::IdentityFailure`).
+    /// Why it was destroyed: `wrap_expired`, `refused`, `pod_gone`, `already_delivered`, `lost_leadership`,
+    /// `identity`; `orphaned` (minted by a request that timed out, or left by a dead leader); or
+    /// why a pod-identity check failed (see `crate::identity::IdentityFailure`).
     pub reason: &'static str,
 }
 
@@ -69,6 +70,8 @@ pub struct Metrics {
     pub leader_transitions: Family<Transition, Counter>,
     /// Pod-identity checks that failed before a push, by reason.
     pub identity_failures: Family<Reason, Counter>,
+    /// The controller's own Vault login: logins, renewals, token TTL.
+    pub vault_auth: crate::vault_auth::AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -137,6 +140,8 @@ impl Default for Metrics {
             "Pod-identity checks that failed before a push (nothing was pushed), by reason",
             identity_failures.clone(),
         );
+        let vault_auth = crate::vault_auth::AuthMetrics::default();
+        vault_auth.register(&mut registry);
         Self {
             registry,
             deliveries,
@@ -151,6 +156,7 @@ impl Default for Metrics {
             leader,
             leader_transitions,
             identity_failures,
+            vault_auth,
         }
     }
 }
@@ -198,8 +204,8 @@ impl Metrics {
 pub struct Readiness {
     /// The pod watch has listed once.
     pub watch_synced: AtomicBool,
-    /// The controller's Vault token could be read.
-    pub vault_token: AtomicBool,
+    /// The controller holds a Vault token that has not expired and that Vault has not refused.
+    pub vault_login: AtomicBool,
     /// Push (and webhook) certificates are loaded.
     pub certificates: AtomicBool,
     /// Whether an authorization policy is in force (and why not).
@@ -233,7 +239,7 @@ impl Readiness {
     pub fn missing(&self) -> Vec<&'static str> {
         [
             (&self.watch_synced, "pod watch not synced"),
-            (&self.vault_token, "Vault token not readable"),
+            (&self.vault_login, "Vault login not valid"),
             (&self.certificates, "certificates not loaded"),
         ]
         .into_iter()
@@ -339,7 +345,7 @@ mod tests {
         let r = Readiness::default();
         assert_eq!(r.missing().len(), 3);
         r.watch_synced.store(true, Ordering::Relaxed);
-        r.vault_token.store(true, Ordering::Relaxed);
+        r.vault_login.store(true, Ordering::Relaxed);
         assert_eq!(r.missing(), vec!["certificates not loaded"]);
         r.certificates.store(true, Ordering::Relaxed);
         assert!(r.missing().is_empty());

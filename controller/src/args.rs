@@ -27,11 +27,12 @@ pub struct Args {
     #[arg(long, env = "APPROLE_CONTROLLER_VAULT_CACERT")]
     pub vault_cacert: Option<PathBuf>,
 
-    /// File holding the controller's own Vault token (re-read on every mint, so rotation needs no
-    /// restart). It needs `update` on auth/<mount>/role/+/secret-id and
+    /// With --vault-auth token-file: file holding the controller's own Vault token (re-read when
+    /// it changes, so rotation by an agent needs no restart). Given alone, it selects
+    /// token-file auth. The token needs `update` on auth/<mount>/role/+/secret-id and
     /// secret-id-accessor/destroy, and `read` on role/+/role-id.
     #[arg(long, env = "APPROLE_CONTROLLER_VAULT_TOKEN_FILE")]
-    pub vault_token_file: PathBuf,
+    pub vault_token_file: Option<PathBuf>,
 
     /// AppRole mount path.
     #[arg(long, env = "APPROLE_CONTROLLER_APPROLE_MOUNT", default_value = approle_shared::DEFAULT_APPROLE_MOUNT)]
@@ -252,6 +253,60 @@ pub struct Args {
     /// Pause between lease attempts, of candidates and of the leader renewing.
     #[arg(long, env = "APPROLE_CONTROLLER_LEADER_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     pub leader_retry_period: Duration,
+
+    // --- vaultauth ---
+    /// How the controller logs in to Vault: kubernetes (its service-account token), token-file
+    /// (--vault-token-file) or approle. Default: kubernetes, or token-file when only
+    /// --vault-token-file is given.
+    #[arg(long, env = "APPROLE_CONTROLLER_VAULT_AUTH", value_enum)]
+    pub vault_auth: Option<crate::vault_auth::AuthKind>,
+
+    /// Kubernetes auth: the Vault role to log in as.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_VAULT_K8S_ROLE",
+        default_value = "approle-controller"
+    )]
+    pub vault_k8s_role: String,
+
+    /// Kubernetes auth: the auth mount path.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_VAULT_K8S_MOUNT",
+        default_value = "kubernetes"
+    )]
+    pub vault_k8s_mount: String,
+
+    /// Kubernetes auth: the service-account token (JWT) file, re-read at every login because
+    /// the kubelet rotates projected tokens.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_VAULT_K8S_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub vault_k8s_token_file: PathBuf,
+
+    /// AppRole auth: the auth mount path of the controller's own AppRole.
+    #[arg(
+        long,
+        env = "APPROLE_CONTROLLER_VAULT_APPROLE_MOUNT",
+        default_value = "approle"
+    )]
+    pub vault_approle_mount: String,
+
+    /// AppRole auth: file holding the controller's role_id (read at every login).
+    #[arg(long, env = "APPROLE_CONTROLLER_VAULT_APPROLE_ROLE_ID_FILE")]
+    pub vault_approle_role_id_file: Option<PathBuf>,
+
+    /// AppRole auth: file holding the controller's secret_id (read at every login; each login
+    /// uses it once, so give it enough uses or rotate the file).
+    #[arg(long, env = "APPROLE_CONTROLLER_VAULT_APPROLE_SECRET_ID_FILE")]
+    pub vault_approle_secret_id_file: Option<PathBuf>,
+
+    /// Accept any TLS certificate from Vault on the controller's own connections (a warning is
+    /// logged at start-up). For testing only; init containers always verify.
+    #[arg(long, env = "APPROLE_CONTROLLER_VAULT_TLS_SKIP_VERIFY")]
+    pub vault_tls_skip_verify: bool,
 }
 
 /// Where the TLS material comes from.
@@ -449,6 +504,24 @@ mod tests {
                 .leader_elect
         );
         assert!(parse(&["--leader-elect"]).expect("valid").leader_elect);
+    }
+
+    #[test]
+    fn vault_tls_verification_is_on_unless_explicitly_skipped() {
+        assert!(!parse(&[]).expect("valid").vault_tls_skip_verify);
+        assert!(
+            parse(&["--vault-tls-skip-verify"])
+                .expect("valid")
+                .vault_tls_skip_verify
+        );
+    }
+
+    #[test]
+    fn vault_auth_methods_are_named() {
+        for ok in ["kubernetes", "token-file", "approle"] {
+            assert!(parse(&["--vault-auth", ok]).is_ok(), "{ok}");
+        }
+        assert!(parse(&["--vault-auth", "ldap"]).is_err());
     }
 
     #[test]

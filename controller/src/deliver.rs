@@ -22,8 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,8 +43,10 @@ use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
 use crate::identity::{self, IdentityFailure, OpenFailure};
 use crate::leader::Leadership;
+use crate::orphans::Orphans;
 use crate::push::{PushClient, PushFailure, Session};
 use crate::recover;
+use crate::vault_auth::{CallError, VaultAuth};
 
 /// Event reasons (DESIGN.md "What the controller guarantees").
 pub mod reason {
@@ -73,8 +73,6 @@ pub enum Error {
 pub struct Settings {
     /// AppRole mount.
     pub mount: String,
-    /// Token file of the controller's own Vault token.
-    pub token_file: PathBuf,
     /// secret_id TTL.
     pub secret_id_ttl: Duration,
     /// Wrapping token TTL.
@@ -91,6 +89,10 @@ pub struct Context {
     pub store: Store<Pod>,
     /// Vault.
     pub vault: Vault,
+    /// The controller's own Vault token.
+    pub auth: Arc<VaultAuth>,
+    /// Mints whose answer never came, to find and destroy what they minted.
+    pub orphans: Arc<Orphans>,
     /// Push client.
     pub push: PushClient,
     /// Event recorder.
@@ -115,12 +117,27 @@ pub struct Context {
     leadership: Leadership,
 }
 
+/// Everything a delivery needs of Vault.
+#[derive(Debug)]
+pub struct VaultSide {
+    /// The client.
+    pub vault: Vault,
+    /// The controller's own token.
+    pub auth: Arc<VaultAuth>,
+    /// Finds what unanswered mints minted.
+    pub orphans: Arc<Orphans>,
+}
+
 impl Context {
     /// Builds the context.
     pub fn new(
         client: kube::Client,
         store: Store<Pod>,
-        vault: Vault,
+        VaultSide {
+            vault,
+            auth,
+            orphans,
+        }: VaultSide,
         push: PushClient,
         recorder: Recorder,
         settings: Settings,
@@ -130,6 +147,8 @@ impl Context {
             client,
             store,
             vault,
+            auth,
+            orphans,
             push,
             recorder,
             settings,
@@ -265,17 +284,17 @@ async fn deliver(
         debug!("not the leader (any more): the leader delivers");
         return Ok(Action::await_change());
     }
-    let token = match read_token(&ctx.settings.token_file).await {
-        Ok(t) => {
-            ctx.admin.ready.vault_token.store(true, Ordering::Relaxed);
-            t
-        }
-        Err(e) => {
-            ctx.admin.ready.vault_token.store(false, Ordering::Relaxed);
-            return fail(ctx, pod, e).await;
+    // A cached role-id asks nothing of Vault, so it must not count as Vault answering.
+    let cached = lock(&ctx.role_ids).get(role).cloned();
+    let role_id = match cached {
+        Some(id) => Ok(id),
+        None => {
+            ctx.auth
+                .with_token(|token| async move { role_id(ctx, &token, role).await })
+                .await
         }
     };
-    let role_id = match role_id(ctx, &token, role).await {
+    let role_id = match role_id {
         Ok(id) => id,
         Err(e) => {
             ctx.admin.metrics.vault_errors.inc();
@@ -298,15 +317,28 @@ async fn deliver(
             Err(PushOutcome::Intercepted(failure)) => {
                 return identity_failed(ctx, pod, failure).await;
             }
+            Err(PushOutcome::LostLeadership) => {
+                ctx.admin.metrics.outcome("lost_leadership");
+                info!("leadership lost before the mint");
+                return Ok(Action::await_change());
+            }
             Err(_) => {
                 ctx.admin.metrics.outcome("pod_gone");
                 debug!("pod went away or moved on before delivery");
                 return Ok(Action::await_change());
             }
         };
+        let mint = ctx.auth.with_token(|token| {
+            let request = &request;
+            async move {
+                ctx.vault
+                    .generate_wrapped_secret_id(&token, &ctx.settings.mount, role, request)
+                    .await
+            }
+        });
         let wrapped = match ctx
-            .vault
-            .generate_wrapped_secret_id(&token, &ctx.settings.mount, role, &request)
+            .orphans
+            .mint(role, &pod.uid().unwrap_or_default(), mint)
             .await
         {
             Ok(w) => w,
@@ -351,7 +383,7 @@ async fn deliver(
             PushOutcome::Intercepted(_) => Some("identity"),
         };
         if let Some(why) = why {
-            destroy(ctx, &token, role, &wrapped.secret_id_accessor, why).await;
+            destroy(ctx, role, &wrapped.secret_id_accessor, why).await;
         }
         match outcome {
             PushOutcome::Delivered(resp) => {
@@ -531,23 +563,6 @@ fn secret_id_request(pod: &Pod, pod_ip: IpAddr, settings: &Settings) -> SecretId
     }
 }
 
-async fn read_token(path: &PathBuf) -> Result<ClientToken, String> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-        format!(
-            "cannot read the controller's Vault token file {}: {e}",
-            path.display()
-        )
-    })?;
-    let token = ClientToken::new(text.trim());
-    if token.is_empty() {
-        return Err(format!(
-            "the controller's Vault token file {} is empty",
-            path.display()
-        ));
-    }
-    Ok(token)
-}
-
 async fn role_id(ctx: &Context, token: &ClientToken, role: &str) -> Result<String, VaultError> {
     if let Some(id) = lock(&ctx.role_ids).get(role) {
         return Ok(id.clone());
@@ -560,7 +575,10 @@ async fn role_id(ctx: &Context, token: &ClientToken, role: &str) -> Result<Strin
     Ok(id)
 }
 
-fn describe_vault_error(e: &VaultError, role: &str) -> String {
+fn describe_vault_error(e: &CallError, role: &str) -> String {
+    let CallError::Vault(e) = e else {
+        return e.to_string();
+    };
     match e.status() {
         Some(404) | Some(400) if !e.is_transient() => {
             format!("Vault does not know AppRole {role:?} (or refused it): {e}")
@@ -569,19 +587,17 @@ fn describe_vault_error(e: &VaultError, role: &str) -> String {
     }
 }
 
-async fn destroy(
-    ctx: &Context,
-    token: &ClientToken,
-    role: &str,
-    accessor: &str,
-    why: &'static str,
-) {
+async fn destroy(ctx: &Context, role: &str, accessor: &str, why: &'static str) {
     ctx.admin.metrics.destroyed(why);
-    match ctx
-        .vault
-        .destroy_secret_id_by_accessor(token, &ctx.settings.mount, role, accessor)
-        .await
-    {
+    let destroyed = ctx
+        .auth
+        .with_token(|token| async move {
+            ctx.vault
+                .destroy_secret_id_by_accessor(&token, &ctx.settings.mount, role, accessor)
+                .await
+        })
+        .await;
+    match destroyed {
         Ok(Destroyed::Destroyed) => {
             debug!(secret_id_accessor = accessor, "destroyed unused secret_id")
         }

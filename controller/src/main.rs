@@ -25,7 +25,8 @@
 //! push connection), [`identity`] (pod identity: TokenReview before the push), [`policy`]
 //! (authorization policy file, default deny), [`redeliver`] (crash-loop backoff of
 //! re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading), [`recover`]
-//! (taking over from a dead leader), [`shutdown`] (signals).
+//! (taking over from a dead leader), [`shutdown`] (signals), [`vault_auth`] (the controller's own
+//! Vault login and token renewal), [`orphans`] (destroys secret_ids of mints that timed out).
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ mod decide;
 mod deliver;
 mod identity;
 mod leader;
+mod orphans;
 mod policy;
 mod prune;
 mod push;
@@ -44,6 +46,7 @@ mod redeliver;
 mod revoke;
 mod shutdown;
 mod term;
+mod vault_auth;
 mod webhook;
 
 use std::sync::Arc;
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     approle_shared::telemetry::init(&args.log_level, args.log_format)
         .map_err(anyhow::Error::msg)?;
     let tls_mode = args.tls_mode().map_err(anyhow::Error::msg)?;
+    let auth_method = vault_auth::Method::from_args(&args).map_err(anyhow::Error::msg)?;
 
     let vault_ca_pem = match &args.vault_cacert {
         Some(path) => Some(
@@ -79,7 +83,11 @@ async fn main() -> anyhow::Result<()> {
         ca_pem: vault_ca_pem.clone(),
         timeout: args.vault_timeout,
         source_address: None,
+        tls_skip_verify: args.vault_tls_skip_verify,
     })?;
+    if args.vault_tls_skip_verify {
+        warn!(vault = %args.vault_addr, "Vault TLS verification is disabled (--vault-tls-skip-verify): the controller accepts any certificate from Vault; use this only for testing");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster config)")?;
@@ -118,6 +126,13 @@ async fn main() -> anyhow::Result<()> {
         policy::Loader::new(args.policy_file.clone(), admin.clone());
     policy_loader.poll();
     tokio::spawn(policy_loader.run(args.policy_reload_interval));
+    let auth = vault_auth::VaultAuth::new(
+        auth_method,
+        vault.clone(),
+        admin.clone(),
+        args.vault_timeout,
+    );
+    tokio::spawn(auth.clone().run());
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin port to {}", args.admin_listen))?;
@@ -162,21 +177,23 @@ async fn main() -> anyhow::Result<()> {
         },
     );
 
-    // Ready as soon as the token can be read; deliveries keep this current afterwards.
-    admin.ready.vault_token.store(
-        std::fs::read_to_string(&args.vault_token_file).is_ok_and(|t| !t.trim().is_empty()),
-        Ordering::Relaxed,
-    );
+    let stop = shutdown::on_signals();
+    let (leadership, elector) = leader::start(&args, &client, &self_namespace, &instance, &admin)
+        .map_err(anyhow::Error::msg)?;
+    // A minted secret_id is in use for at most its wrap TTL, plus the push and the Vault calls.
+    let orphans = orphans::Orphans::new(args.wrap_ttl + args.push_timeout + 2 * args.vault_timeout);
+    tokio::spawn(orphans.clone().run(
+        auth.clone(),
+        vault.clone(),
+        args.approle_mount.clone(),
+        admin.clone(),
+    ));
     let settings = deliver::Settings {
         mount: args.approle_mount.clone(),
-        token_file: args.vault_token_file.clone(),
         secret_id_ttl: args.secret_id_ttl,
         wrap_ttl: args.wrap_ttl,
         max_mints: args.max_mints,
     };
-    let stop = shutdown::on_signals();
-    let (leadership, elector) = leader::start(&args, &client, &self_namespace, &instance, &admin)
-        .map_err(anyhow::Error::msg)?;
     info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
     let redelivery = redeliver::Settings {
         base: args.redelivery_backoff,
@@ -186,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
         pods,
         concurrency: args.concurrency,
         vault: vault.clone(),
-        token_file: args.vault_token_file.clone(),
+        auth: auth.clone(),
         mount: args.approle_mount.clone(),
         admin: admin.clone(),
         authorizer: authorizer.clone(),
@@ -194,7 +211,11 @@ async fn main() -> anyhow::Result<()> {
             deliver::Context::new(
                 client.clone(),
                 store,
-                vault.clone(),
+                deliver::VaultSide {
+                    vault: vault.clone(),
+                    auth: auth.clone(),
+                    orphans: orphans.clone(),
+                },
                 started.push.clone(),
                 recorder.clone(),
                 settings.clone(),

@@ -6,12 +6,10 @@
 //! deletion while the controller is down. What this cannot see (a pod deleted while no controller
 //! runs) still ends by the token's own TTL.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use approle_shared::annotations::TOKEN_ACCESSOR;
-use approle_shared::secret::ClientToken;
 use approle_shared::vault::{Destroyed, Vault};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -20,12 +18,13 @@ use kube::runtime::watcher;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
+use crate::vault_auth::VaultAuth;
 
 /// Consumes watch events and revokes the token of every deleted pod that has one.
 pub async fn run(
     events: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
     vault: Vault,
-    token_file: PathBuf,
+    auth: Arc<VaultAuth>,
     admin: Arc<Admin>,
 ) {
     let mut events = std::pin::pin!(events);
@@ -41,22 +40,20 @@ pub async fn run(
         let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
             continue;
         };
-        revoke(&pod, &accessor, &vault, &token_file, &admin).await;
+        revoke(&pod, &accessor, &vault, &auth, &admin).await;
     }
 }
 
-async fn revoke(pod: &Pod, accessor: &str, vault: &Vault, token_file: &PathBuf, admin: &Admin) {
+async fn revoke(pod: &Pod, accessor: &str, vault: &Vault, auth: &VaultAuth, admin: &Admin) {
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     // A few quick attempts ride out a Vault hiccup; after that the token's TTL ends it anyway.
     for attempt in 1..=3u32 {
-        let token = match tokio::fs::read_to_string(token_file).await {
-            Ok(t) => ClientToken::new(t.trim()),
-            Err(e) => {
-                warn!(pod.namespace = ns, pod.name = name, error = %e, "cannot read the Vault token file to revoke");
-                return;
-            }
-        };
-        match vault.revoke_token_by_accessor(&token, accessor).await {
+        let revoked = auth
+            .with_token(
+                |token| async move { vault.revoke_token_by_accessor(&token, accessor).await },
+            )
+            .await;
+        match revoked {
             Ok(outcome) => {
                 admin.metrics.tokens_revoked.inc();
                 info!(

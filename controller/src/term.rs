@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::admin::{Admin, Reason};
 use crate::leader::Leadership;
 use crate::policy::Authorizer;
+use crate::vault_auth::VaultAuth;
 use crate::{deliver, prune, recover, revoke};
 
 /// What a term needs; `context` builds the delivery context around the term's pod cache.
@@ -40,8 +41,8 @@ pub struct Delivery<F> {
     pub concurrency: u16,
     /// Vault, for the revocation watch and the orphan sweep.
     pub vault: Vault,
-    /// The controller's Vault token file.
-    pub token_file: PathBuf,
+    /// The controller's Vault login.
+    pub auth: Arc<VaultAuth>,
     /// AppRole mount.
     pub mount: String,
     /// Metrics and readiness.
@@ -91,7 +92,7 @@ where
             .default_backoff()
             .take_until(revoke_ended),
         d.vault.clone(),
-        d.token_file.clone(),
+        d.auth.clone(),
         d.admin.clone(),
     ));
     // The cache keeps a pruned copy of each pod (prune.rs): well under 1 KiB instead of 10–20.
@@ -104,6 +105,9 @@ where
         .with_config(Config::default().concurrency(d.concurrency))
         // A new policy re-checks every pod at once (denied ones may be allowed now).
         .reconcile_all_on(d.authorizer.changes())
+        // Vault answers again after an outage: pods that failed meanwhile go now, not after
+        // their backoff.
+        .reconcile_all_on(d.auth.recoveries())
         .graceful_shutdown_on(controller_ended.map(|_| ()));
     let synced = tokio::spawn(mark_synced(controller.store(), d.admin.clone()));
     let ctx = Arc::new((d.context)(controller.store()).with_leadership(leadership.clone()));
@@ -158,14 +162,12 @@ async fn sweep<F>(d: &Delivery<F>) {
             return;
         }
     };
-    let token = match tokio::fs::read_to_string(&d.token_file).await {
-        Ok(t) => ClientToken::new(t.trim()),
-        Err(e) => {
-            warn!(error = %e, "cannot read the Vault token file for the orphan sweep");
-            return;
-        }
-    };
-    match recover::sweep_orphans(&d.vault, &token, &d.mount, &pods).await {
+    let (vault, mount, pods) = (&d.vault, d.mount.as_str(), pods.as_slice());
+    let swept = d
+        .auth
+        .with_token(|token| async move { recover::sweep_orphans(vault, &token, mount, pods).await })
+        .await;
+    match swept {
         Ok(0) => {}
         Ok(n) => {
             d.admin

@@ -45,6 +45,27 @@ fn missing_configuration_is_refused_naming_the_flag() {
 }
 
 #[test]
+fn vault_login_flags_of_another_method_are_refused_naming_the_flags() {
+    let out = controller()
+        .args([
+            "--vault-addr",
+            "http://127.0.0.1:1",
+            "--vault-auth",
+            "kubernetes",
+            "--vault-token-file",
+            "/nonexistent/token",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--vault-token-file is used only with --vault-auth token-file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn client_certificate_without_its_ca_is_refused_naming_the_flags() {
     let out = controller()
         .args([

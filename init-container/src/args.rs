@@ -191,6 +191,8 @@ impl Args {
             ca_pem: self.vault_cacert_pem.clone(),
             timeout: self.vault_timeout,
             source_address: self.source_address,
+            // The init container always verifies Vault's certificate.
+            tls_skip_verify: false,
         })
         .map_err(|e| ConfigError::new("--vault-addr", "APPROLE_INIT_VAULT_ADDR", e.to_string()))?;
         check_out_dir(&self.out_dir)

@@ -1,7 +1,7 @@
 //! The one Vault client layer of the project (wire formats: `../shared/vault-api.md`).
 //!
 //! vaultrs does what it models well — role-id reads, secret-id destroy, wrapping lookup and unwrap,
-//! AppRole login, token self-lookup. What vaultrs cannot express is done here with reqwest: minting
+//! AppRole and Kubernetes login, token self-lookup and self-renewal. What vaultrs cannot express is done here with reqwest: minting
 //! a secret_id with our own `X-Vault-Wrap-TTL`, `ttl` and `num_uses`, and reading
 //! `wrap_info.wrapped_accessor` (vaultrs hard-codes a 10m wrap TTL and drops that field). Both paths
 //! share one reqwest client, so the CA bundle, timeouts and source address are configured once.
@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
@@ -34,6 +35,9 @@ pub struct VaultConfig {
     pub timeout: Duration,
     /// Local address for outgoing connections (pods that share a host network in tests).
     pub source_address: Option<IpAddr>,
+    /// Accept any certificate from Vault (no chain, no name check). Only the controller offers
+    /// this, behind an explicit flag that logs a warning; the init container always verifies.
+    pub tls_skip_verify: bool,
 }
 
 /// A failed Vault call. Never contains a token, secret_id or wrapping token.
@@ -82,6 +86,14 @@ impl VaultError {
     /// True when Vault said the wrapping token is used, expired or unknown.
     pub fn is_invalid_wrapping_token(&self) -> bool {
         matches!(self, VaultError::Api { errors, .. } if errors.iter().any(|e| e.contains(INVALID_WRAPPING_TOKEN)))
+    }
+
+    /// True when Vault no longer knows a secret_id accessor (used up, expired, destroyed): it
+    /// answers 500 `failed to find accessor entry` (or 400 `invalid secret id accessor`).
+    pub fn is_unknown_secret_id_accessor(&self) -> bool {
+        matches!(self, VaultError::Api { errors, .. } if errors.iter().any(|m| {
+            m.contains("failed to find accessor entry") || m.contains("invalid secret id accessor")
+        }))
     }
 
     /// True for failures worth retrying (transport, 5xx, 429).
@@ -147,6 +159,17 @@ pub struct Login {
     /// TTL in seconds.
     pub lease_duration: u64,
     /// Renewable or not.
+    pub renewable: bool,
+}
+
+/// What `auth/token/lookup-self` says about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The token's accessor.
+    pub accessor: String,
+    /// Remaining TTL in seconds (0: the token never expires).
+    pub ttl: u64,
+    /// Whether `renew-self` can extend it.
     pub renewable: bool,
 }
 
@@ -239,6 +262,9 @@ impl Vault {
         } else if addr.starts_with("http://") {
             // Plain HTTP needs no roots; loading the platform's would only cost start-up time.
             builder = builder.tls_certs_only(Vec::new());
+        }
+        if config.tls_skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
         }
         let http = builder
             .build()
@@ -367,18 +393,61 @@ impl Vault {
             Ok(()) => Ok(Destroyed::Destroyed),
             Err(e) => {
                 let err = from_vaultrs(&op, e, &[token.expose()]);
-                match &err {
-                    VaultError::Api { errors, .. }
-                        if errors.iter().any(|m| {
-                            m.contains("failed to find accessor entry")
-                                || m.contains("invalid secret id accessor")
-                        }) =>
-                    {
-                        Ok(Destroyed::AlreadyGone)
-                    }
-                    _ => Err(err),
+                if err.is_unknown_secret_id_accessor() {
+                    Ok(Destroyed::AlreadyGone)
+                } else {
+                    Err(err)
                 }
             }
+        }
+    }
+
+    /// `LIST auth/<mount>/role/<role>/secret-id`: accessors of the role's live secret_ids.
+    pub async fn list_secret_id_accessors(
+        &self,
+        token: &ClientToken,
+        mount: &str,
+        role: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        let op = format!("list secret-id accessors of role {role:?}");
+        let client = self.vaultrs(token.expose())?;
+        match vaultrs::auth::approle::role::secret::list(&client, mount.trim_matches('/'), role)
+            .await
+        {
+            Ok(list) => Ok(list.keys),
+            Err(e) => match from_vaultrs(&op, e, &[token.expose()]) {
+                // Vault answers a list with nothing in it with 404.
+                VaultError::Api { status: 404, .. } => Ok(Vec::new()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// `POST auth/<mount>/role/<role>/secret-id-accessor/lookup`: the metadata of a live
+    /// secret_id, `None` when Vault no longer knows the accessor.
+    pub async fn secret_id_metadata(
+        &self,
+        token: &ClientToken,
+        mount: &str,
+        role: &str,
+        accessor: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, VaultError> {
+        let op = format!("look up a secret-id of role {role:?} by accessor");
+        let client = self.vaultrs(token.expose())?;
+        match vaultrs::auth::approle::role::secret::read_accessor(
+            &client,
+            mount.trim_matches('/'),
+            role,
+            accessor,
+        )
+        .await
+        {
+            Ok(r) => Ok(Some(r.metadata.unwrap_or_default())),
+            Err(e) => match from_vaultrs(&op, e, &[token.expose()]) {
+                VaultError::Api { status: 404, .. } => Ok(None),
+                err if err.is_unknown_secret_id_accessor() => Ok(None),
+                err => Err(err),
+            },
         }
     }
 
@@ -449,24 +518,65 @@ impl Vault {
             secret_id.expose(),
         )
         .await
-        .map(|a| Login {
-            client_token: ClientToken::new(a.client_token),
-            accessor: a.accessor,
-            policies: a.policies,
-            lease_duration: a.lease_duration,
-            renewable: a.renewable,
-        })
+        .map(login_from)
         .map_err(|e| from_vaultrs(op, e, &[secret_id.expose()]))
     }
 
-    /// `GET auth/token/lookup-self`: the token's accessor and remaining TTL. Proves a token works.
-    pub async fn lookup_self(&self, token: &ClientToken) -> Result<(String, u64), VaultError> {
+    /// `GET auth/token/lookup-self`: the token's accessor, remaining TTL and renewability.
+    /// Proves a token works.
+    pub async fn lookup_self(&self, token: &ClientToken) -> Result<TokenInfo, VaultError> {
         let op = "look up own token";
         let client = self.vaultrs(token.expose())?;
         vaultrs::token::lookup_self(&client)
             .await
-            .map(|r| (r.accessor, r.ttl))
+            .map(|r| TokenInfo {
+                accessor: r.accessor,
+                ttl: r.ttl,
+                renewable: r.renewable.unwrap_or(false),
+            })
             .map_err(|e| from_vaultrs(op, e, &[token.expose()]))
+    }
+
+    /// `POST auth/token/renew-self` without an increment: Vault extends the token by its role's
+    /// TTL, capped at its max TTL (a capped renewal returns a shorter `lease_duration`).
+    pub async fn renew_self(&self, token: &ClientToken) -> Result<Login, VaultError> {
+        let op = "renew own token";
+        let client = self.vaultrs(token.expose())?;
+        vaultrs::token::renew_self(&client, None)
+            .await
+            .map(login_from)
+            .map_err(|e| from_vaultrs(op, e, &[token.expose()]))
+    }
+
+    /// `POST auth/<mount>/login` with a Kubernetes service-account JWT (vault-api.md §8).
+    pub async fn kubernetes_login(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: &SecretString,
+    ) -> Result<Login, VaultError> {
+        let op = format!("Kubernetes login as role {role:?}");
+        let client = self.vaultrs("")?;
+        vaultrs::auth::kubernetes::login(
+            &client,
+            mount.trim_matches('/'),
+            role,
+            jwt.expose_secret(),
+        )
+        .await
+        .map(login_from)
+        .map_err(|e| from_vaultrs(&op, e, &[jwt.expose_secret()]))
+    }
+}
+
+/// Our view of a vaultrs login or renewal answer.
+fn login_from(a: vaultrs::api::AuthInfo) -> Login {
+    Login {
+        client_token: ClientToken::new(a.client_token),
+        accessor: a.accessor,
+        policies: a.policies,
+        lease_duration: a.lease_duration,
+        renewable: a.renewable,
     }
 }
 
@@ -670,6 +780,7 @@ mod tests {
             ca_pem: None,
             timeout: Duration::from_secs(1),
             source_address: None,
+            tls_skip_verify: false,
         };
         crate::tls::install_crypto_provider();
         assert!(matches!(Vault::new(&cfg), Err(VaultError::Config(_))));

@@ -50,6 +50,10 @@ pub const INIT_IMAGE: &str = "ghcr.io/approle-injector/approle-init:dev";
 /// The authorization policy a stack gets unless [`StackOptions::policy`] says otherwise: every
 /// role in every namespace.
 pub const ALLOW_ALL_POLICY: &str = "rules:\n  - roles: [\"*\"]\n    namespaces: [\"*\"]\n";
+/// The controller's service account (Kubernetes auth) in [`CONTROLLER_NAMESPACE`].
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "approle-controller";
+/// The Vault role the controller logs in as (Kubernetes and AppRole auth) and its policy.
+pub const CONTROLLER_ROLE: &str = "approle-controller";
 
 /// Installs the ring provider (idempotent).
 pub fn install_crypto() {
@@ -302,6 +306,25 @@ pub fn manifest_pod_webhook(url: &str) -> anyhow::Result<Value> {
     Ok(hook)
 }
 
+/// How the harness's controller logs in to Vault.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ControllerAuth {
+    /// A token created by root, in a file (`--vault-token-file`): the default.
+    #[default]
+    TokenFile,
+    /// Kubernetes auth: vault-dev's `auth/kubernetes` reviews tokens with kube-dev, and the
+    /// controller logs in with a TokenRequest token of service account
+    /// [`CONTROLLER_SERVICE_ACCOUNT`] written to a file (its "projected" token).
+    Kubernetes {
+        /// `token_ttl` of the Vault role, e.g. `3s`.
+        token_ttl: String,
+        /// `token_max_ttl` of the Vault role, e.g. `30s`.
+        token_max_ttl: String,
+    },
+    /// AppRole auth with role [`CONTROLLER_ROLE`]: role_id and secret_id files.
+    AppRole,
+}
+
 /// Options of a [`Stack`].
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -318,6 +341,12 @@ pub struct StackOptions {
     /// The controller's authorization policy file (YAML, written as is); `None`:
     /// [`ALLOW_ALL_POLICY`].
     pub policy: Option<String>,
+    /// How the controller logs in to Vault.
+    pub controller_auth: ControllerAuth,
+    /// Run vault-dev with TLS (its own CA; the harness's Vault client trusts it).
+    pub vault_tls: bool,
+    /// With `vault_tls`: give the controller vault-dev's CA (`--vault-cacert`).
+    pub controller_trusts_vault_ca: bool,
 }
 
 impl Default for StackOptions {
@@ -329,6 +358,9 @@ impl Default for StackOptions {
             controller_args: Vec::new(),
             init_timeout: "60s".into(),
             policy: None,
+            controller_auth: ControllerAuth::TokenFile,
+            vault_tls: false,
+            controller_trusts_vault_ca: true,
         }
     }
 }
@@ -358,8 +390,10 @@ pub struct Stack {
     pub ca: Ca,
     /// Client for Vault administration (root token).
     pub http: reqwest::Client,
-    /// The controller's Vault token.
+    /// The controller's Vault token (token-file auth).
     pub controller_token: String,
+    /// vault-dev's CA certificate file, when it serves TLS.
+    pub vault_cacert: Option<PathBuf>,
     /// Kubernetes client (same kubeconfig as the controller), when kube-dev runs.
     pub kube_client: Option<kube::Client>,
     options: StackOptions,
@@ -394,6 +428,9 @@ impl Stack {
         vcmd.args(["--listen", "127.0.0.1:0", "--root-token", ROOT_TOKEN])
             .arg("--audit-log")
             .arg(dir.path().join("vault-audit.log"));
+        if options.vault_tls {
+            vcmd.arg("--tls-cert-out").arg(dir.path().join("vault-tls"));
+        }
         let kube_root = dir.path().join("kubelet");
         let kubeconfig = dir.path().join("kubeconfig");
         let mut kcmd = Command::new(bin_path("kube-dev")?);
@@ -425,9 +462,14 @@ impl Stack {
         let vline = vline.unwrap_or_default();
         let vault_url = ready_field(&vline, "addr").context("vault-dev ready line has no addr")?;
         let unseal_key = ready_field(&vline, "unseal_key").unwrap_or_default();
+        let vault_cacert = ready_field(&vline, "cacert").map(PathBuf::from);
 
+        let vault_roots = match &vault_cacert {
+            Some(path) => reqwest::Certificate::from_pem_bundle(&std::fs::read(path)?)?,
+            None => Vec::new(),
+        };
         let http = reqwest::Client::builder()
-            .tls_certs_only(Vec::new())
+            .tls_certs_only(vault_roots)
             .build()?;
         let ca = Ca::generate("approle-injector test CA", Duration::from_secs(24 * 3600))?;
         let kube_client = match &kube {
@@ -454,6 +496,7 @@ impl Stack {
             ca,
             http,
             controller_token: String::new(),
+            vault_cacert,
             kube_client,
             options,
         };
@@ -473,6 +516,7 @@ impl Stack {
                 Err(e) => return Err(e).context("creating the controller's namespace"),
             }
         }
+        stack.configure_controller_auth().await?;
         if stack.options.controller {
             stack.start_controller().await?;
         }
@@ -532,6 +576,8 @@ path "auth/approle/role/+/secret-id/" { capabilities = ["list"] }
 path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
 path "auth/approle/role/+/secret-id-accessor/lookup" { capabilities = ["update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
 "#}),
         )
         .await?;
@@ -566,6 +612,122 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         Ok(())
     }
 
+    /// Sets up the controller's login for [`StackOptions::controller_auth`] (the token-file token
+    /// is made by `configure_vault`): files under the stack's directory, read by the controller.
+    async fn configure_controller_auth(&mut self) -> anyhow::Result<()> {
+        match self.options.controller_auth.clone() {
+            ControllerAuth::TokenFile => Ok(()),
+            ControllerAuth::Kubernetes {
+                token_ttl,
+                token_max_ttl,
+            } => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+                let cluster = kubeconfig
+                    .clusters
+                    .first()
+                    .and_then(|c| c.cluster.clone())
+                    .context("kube-dev's kubeconfig has no cluster")?;
+                use base64::Engine as _;
+                let ca_pem = base64::engine::general_purpose::STANDARD.decode(
+                    cluster
+                        .certificate_authority_data
+                        .context("kube-dev's kubeconfig has no CA")?,
+                )?;
+                let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                    Api::namespaced(self.kube_client(), CONTROLLER_NAMESPACE);
+                for name in [CONTROLLER_SERVICE_ACCOUNT, "vault-token-reviewer"] {
+                    let sa = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                    match sas.create(&PostParams::default(), &sa).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+                        Err(e) => return Err(e).context("creating a service account"),
+                    }
+                }
+                let reviewer = self.service_account_token("vault-token-reviewer").await?;
+                self.vault_ok("POST", "sys/auth/kubernetes", json!({"type": "kubernetes"}))
+                    .await?;
+                self.vault_ok(
+                    "POST",
+                    "auth/kubernetes/config",
+                    json!({"kubernetes_host": cluster.server,
+                           "kubernetes_ca_cert": String::from_utf8(ca_pem)?,
+                           "token_reviewer_jwt": reviewer}),
+                )
+                .await?;
+                self.vault_ok(
+                    "POST",
+                    &format!("auth/kubernetes/role/{CONTROLLER_ROLE}"),
+                    json!({"bound_service_account_names": [CONTROLLER_SERVICE_ACCOUNT],
+                           "bound_service_account_namespaces": [CONTROLLER_NAMESPACE],
+                           "token_policies": [CONTROLLER_ROLE],
+                           "token_ttl": token_ttl, "token_max_ttl": token_max_ttl}),
+                )
+                .await?;
+                let jwt = self
+                    .service_account_token(CONTROLLER_SERVICE_ACCOUNT)
+                    .await?;
+                std::fs::write(self.dir.path().join("controller-sa-token"), jwt)?;
+                Ok(())
+            }
+            ControllerAuth::AppRole => {
+                self.vault_ok(
+                    "POST",
+                    &format!("auth/approle/role/{CONTROLLER_ROLE}"),
+                    json!({"token_policies": [CONTROLLER_ROLE], "token_ttl": "20m",
+                           "token_max_ttl": "1h"}),
+                )
+                .await?;
+                let (_, id) = self
+                    .vault(
+                        "GET",
+                        &format!("auth/approle/role/{CONTROLLER_ROLE}/role-id"),
+                        None,
+                    )
+                    .await?;
+                let secret = self
+                    .vault_ok(
+                        "POST",
+                        &format!("auth/approle/role/{CONTROLLER_ROLE}/secret-id"),
+                        json!({}),
+                    )
+                    .await?;
+                let dir = self.dir.path();
+                std::fs::write(
+                    dir.join("controller-role-id"),
+                    id["data"]["role_id"].as_str().context("no role_id")?,
+                )?;
+                std::fs::write(
+                    dir.join("controller-secret-id"),
+                    secret["data"]["secret_id"]
+                        .as_str()
+                        .context("no secret_id")?,
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A TokenRequest token (default audience, 1 h) of a service account in
+    /// [`CONTROLLER_NAMESPACE`].
+    pub async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.kube_client(), CONTROLLER_NAMESPACE);
+        let req: k8s_openapi::api::authentication::v1::TokenRequest =
+            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+        Ok(sas
+            .create_token_request(name, &PostParams::default(), &req)
+            .await
+            .with_context(|| format!("TokenRequest for {CONTROLLER_NAMESPACE}/{name}"))?
+            .status
+            .context("TokenRequest has no status")?
+            .token)
+    }
+
+    /// Options, to start further controllers differently.
+    pub fn options_mut(&mut self) -> &mut StackOptions {
+        &mut self.options
+    }
+
     /// Creates (or updates) an AppRole with the harness's token settings.
     pub async fn create_role(&self, role: &str) -> anyhow::Result<()> {
         self.vault_ok(
@@ -587,10 +749,6 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("APPROLE_CONTROLLER_VAULT_ADDR", &self.vault_url)
-            .env(
-                "APPROLE_CONTROLLER_VAULT_TOKEN_FILE",
-                self.dir.path().join("controller-token"),
-            )
             .env("APPROLE_CONTROLLER_POD_NAMESPACE", CONTROLLER_NAMESPACE)
             // Port 0: the webhook's address is read from the controller's log.
             .env("APPROLE_CONTROLLER_WEBHOOK_LISTEN", "127.0.0.1:0")
@@ -611,6 +769,37 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
                 "info,approle_controller=debug",
             )
             .args(&self.options.controller_args);
+        let dir = self.dir.path();
+        match &self.options.controller_auth {
+            ControllerAuth::TokenFile => {
+                cmd.env("APPROLE_CONTROLLER_VAULT_AUTH", "token-file").env(
+                    "APPROLE_CONTROLLER_VAULT_TOKEN_FILE",
+                    dir.join("controller-token"),
+                )
+            }
+            ControllerAuth::Kubernetes { .. } => cmd
+                .env("APPROLE_CONTROLLER_VAULT_AUTH", "kubernetes")
+                .env("APPROLE_CONTROLLER_VAULT_K8S_ROLE", CONTROLLER_ROLE)
+                .env(
+                    "APPROLE_CONTROLLER_VAULT_K8S_TOKEN_FILE",
+                    dir.join("controller-sa-token"),
+                ),
+            ControllerAuth::AppRole => cmd
+                .env("APPROLE_CONTROLLER_VAULT_AUTH", "approle")
+                .env(
+                    "APPROLE_CONTROLLER_VAULT_APPROLE_ROLE_ID_FILE",
+                    dir.join("controller-role-id"),
+                )
+                .env(
+                    "APPROLE_CONTROLLER_VAULT_APPROLE_SECRET_ID_FILE",
+                    dir.join("controller-secret-id"),
+                ),
+        };
+        if let Some(ca) = &self.vault_cacert
+            && self.options.controller_trusts_vault_ca
+        {
+            cmd.env("APPROLE_CONTROLLER_VAULT_CACERT", ca);
+        }
         // Each start gets its own log file, also after a test took a controller out of the list.
         let n = std::fs::read_dir(self.dir.path())?
             .flatten()
@@ -833,6 +1022,19 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
         .await
     }
 
+    /// Value of one series of controller `i`'s `/metrics`, named exactly as exposed (with its
+    /// labels, e.g. `approle_vault_logins_total{result="success"}`); `None` when absent.
+    pub async fn metric(&self, i: usize, series: &str) -> Option<f64> {
+        let (_, text) = self.admin_get(i, "/metrics").await.ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Pods in `default`.
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.kube_client(), "default")
@@ -1005,6 +1207,26 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }
                 .unwrap_or_default()),
             other => bail!("listing secret-ids: {other} {body}"),
         }
+    }
+
+    /// Waits until `role` has no live secret_id left.
+    pub async fn wait_no_live_secret_ids(
+        &self,
+        role: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(
+            &format!("no live secret_id of role {role}"),
+            timeout,
+            || async {
+                self.live_secret_ids(role)
+                    .await
+                    .ok()
+                    .filter(|l| l.is_empty())
+                    .map(drop)
+            },
+        )
+        .await
     }
 
     /// Every captured output: the stack's own logs and every container log under kube-dev.

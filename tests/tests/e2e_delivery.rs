@@ -276,15 +276,10 @@ async fn pod_deleted_during_delivery_gets_its_secret_id_destroyed() {
     .await
     .expect("minted");
     stack.delete("gone-0").await.expect("delete");
-    harness::wait_for("the secret_id to be destroyed", DELIVERY, || async {
-        stack
-            .live_secret_ids(ROLE)
-            .await
-            .ok()
-            .filter(|l| l.is_empty())
-    })
-    .await
-    .expect("destroyed");
+    stack
+        .wait_no_live_secret_ids(ROLE, DELIVERY)
+        .await
+        .expect("destroyed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,7 @@ async fn pushes_are_authenticated_bound_to_the_pod_and_single_use() {
         ca_pem: None,
         timeout: Duration::from_secs(10),
         source_address: None,
+        tls_skip_verify: false,
     })
     .expect("vault");
     let role_id = vault
