@@ -169,9 +169,14 @@ impl Metrics {
 
     /// Counts a destroyed secret_id.
     pub fn destroyed(&self, reason: &'static str) {
+        self.destroyed_n(reason, 1);
+    }
+
+    /// Counts `n` destroyed secret_ids.
+    pub fn destroyed_n(&self, reason: &'static str, n: usize) {
         self.secret_ids_destroyed
             .get_or_create(&Reason { reason })
-            .inc();
+            .inc_by(n as u64);
     }
 
     /// Records that this replica became (true) or stopped being (false) the leader.

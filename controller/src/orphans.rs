@@ -152,39 +152,60 @@ impl Orphans {
             by_role.entry(role).or_default().insert(uid);
         }
         for (role, uids) in by_role {
-            let accessors = auth
-                .with_token(
-                    |t| async move { vault.list_secret_id_accessors(&t, mount, role).await },
-                )
-                .await?;
-            for accessor in accessors.iter().filter(|a| !recent.contains(*a)) {
-                let metadata = auth
-                    .with_token(|t| async move {
-                        vault.secret_id_metadata(&t, mount, role, accessor).await
-                    })
-                    .await?;
-                let Some(uid) = metadata.as_ref().and_then(|m| m.get("pod_uid")) else {
-                    continue;
-                };
-                if !uids.contains(uid.as_str()) {
-                    continue;
-                }
-                let destroyed = auth
-                    .with_token(|t| async move {
-                        vault
-                            .destroy_secret_id_by_accessor(&t, mount, role, accessor)
-                            .await
-                    })
-                    .await?;
-                if destroyed == Destroyed::Destroyed {
-                    admin.metrics.destroyed("orphaned");
-                    info!(role, pod.uid = %uid, secret_id_accessor = %accessor,
-                        "destroyed a secret_id minted by a request that timed out");
-                }
+            let destroyed = destroy_secret_ids_of(auth, vault, mount, role, &uids, &recent).await?;
+            if destroyed > 0 {
+                admin.metrics.destroyed_n("orphaned", destroyed);
+                info!(
+                    role,
+                    destroyed, "destroyed secret_ids minted by requests that timed out"
+                );
             }
         }
         Ok(())
     }
+}
+
+/// Destroys the live secret_ids of `role` whose metadata names one of `uids` (`pod_uid`), except
+/// the accessors in `keep` (deliveries still holding them). One piece of code for both sweeps: the
+/// secret_ids of mints that timed out ([`Orphans`]) and those a dead leader left behind
+/// (`crate::term`, before a new leader's first delivery). Returns how many were destroyed.
+pub async fn destroy_secret_ids_of(
+    auth: &VaultAuth,
+    vault: &Vault,
+    mount: &str,
+    role: &str,
+    uids: &HashSet<&str>,
+    keep: &HashSet<String>,
+) -> Result<usize, CallError> {
+    let accessors = auth
+        .with_token(|t| async move { vault.list_secret_id_accessors(&t, mount, role).await })
+        .await?;
+    let mut destroyed = 0;
+    for accessor in accessors.iter().filter(|a| !keep.contains(*a)) {
+        let metadata = auth
+            .with_token(
+                |t| async move { vault.secret_id_metadata(&t, mount, role, accessor).await },
+            )
+            .await?;
+        let Some(uid) = metadata.as_ref().and_then(|m| m.get("pod_uid")) else {
+            continue;
+        };
+        if !uids.contains(uid.as_str()) {
+            continue;
+        }
+        let gone = auth
+            .with_token(|t| async move {
+                vault
+                    .destroy_secret_id_by_accessor(&t, mount, role, accessor)
+                    .await
+            })
+            .await?;
+        if gone == Destroyed::Destroyed {
+            debug!(role, pod.uid = %uid, secret_id_accessor = %accessor, "destroyed an orphaned secret_id");
+            destroyed += 1;
+        }
+    }
+    Ok(destroyed)
 }
 
 #[cfg(test)]

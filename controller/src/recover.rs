@@ -11,20 +11,15 @@
 //! ```
 //!
 //! A secret_id minted by a leader that died before its push landed is destroyed by the orphan
-//! sweep the new leader runs before its first delivery (see [`sweep_orphans`]).
-
-use std::collections::BTreeSet;
+//! sweep the new leader runs before its first delivery (`crate::term`, with
+//! [`crate::orphans::destroy_secret_ids_of`]).
 
 use approle_shared::INIT_CONTAINER_NAME;
-use approle_shared::annotations::{ROLE, RoleName};
 use approle_shared::push::TerminationMessage;
-use approle_shared::secret::ClientToken;
-use approle_shared::vault::{Destroyed, Vault, VaultError};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use tracing::{debug, info, warn};
 
 /// `Some` when the pod's init container ended successfully (it holds a delivery), with the
 /// accessor its termination message reported, if any (an older init container leaves none).
@@ -65,62 +60,6 @@ pub async fn delivered_events(
     );
     let list = api.list(&ListParams::default().fields(&selector)).await?;
     Ok(list.items.len())
-}
-
-/// Destroys every live secret_id that this controller minted for one of `pods` (its metadata
-/// names the pod's UID). Run by a new leader before its first delivery: secret_ids are single-use
-/// and consumed by the init container's login within moments of the push, so one still alive then
-/// belongs to a push its predecessor never finished. Secret_ids of pods not in the list (another
-/// installation's, or of pods already gone: bound to a dead IP) are left to their TTL. Returns how
-/// many were destroyed.
-pub async fn sweep_orphans(
-    vault: &Vault,
-    token: &ClientToken,
-    mount: &str,
-    pods: &[Pod],
-) -> Result<usize, VaultError> {
-    let uids: BTreeSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
-    let roles: BTreeSet<String> = pods
-        .iter()
-        .filter_map(|p| p.annotations().get(ROLE).cloned())
-        .filter(|r| RoleName::parse(r).is_ok())
-        .collect();
-    let mut destroyed = 0;
-    for role in &roles {
-        for accessor in vault.list_secret_id_accessors(token, mount, role).await? {
-            let metadata = match vault
-                .lookup_secret_id_accessor(token, mount, role, &accessor)
-                .await
-            {
-                Ok(Some(m)) => m,
-                // Used or expired between the list and the lookup.
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(%role, secret_id_accessor = %accessor, error = %e, "looking up a secret_id failed");
-                    continue;
-                }
-            };
-            if !metadata.get("pod_uid").is_some_and(|u| uids.contains(u)) {
-                continue;
-            }
-            match vault
-                .destroy_secret_id_by_accessor(token, mount, role, &accessor)
-                .await
-            {
-                Ok(Destroyed::Destroyed) => {
-                    info!(%role, secret_id_accessor = %accessor, "destroyed a secret_id a previous leader minted and never delivered");
-                    destroyed += 1;
-                }
-                Ok(Destroyed::AlreadyGone) => {
-                    debug!(secret_id_accessor = %accessor, "already gone")
-                }
-                Err(e) => {
-                    warn!(%role, secret_id_accessor = %accessor, error = %e, "destroying an orphaned secret_id failed")
-                }
-            }
-        }
-    }
-    Ok(destroyed)
 }
 
 #[cfg(test)]

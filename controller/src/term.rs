@@ -10,16 +10,17 @@
 //!
 //! Each term starts its own watch, so a new leader begins from a fresh list of the pods.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use approle_shared::MANAGED_LABEL;
-use approle_shared::secret::ClientToken;
+use approle_shared::annotations::{ROLE, RoleName};
 use approle_shared::vault::Vault;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::Store;
@@ -27,11 +28,11 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::admin::{Admin, Reason};
+use crate::admin::Admin;
 use crate::leader::Leadership;
 use crate::policy::Authorizer;
 use crate::vault_auth::VaultAuth;
-use crate::{deliver, prune, recover, revoke};
+use crate::{deliver, orphans, prune, revoke};
 
 /// What a term needs; `context` builds the delivery context around the term's pod cache.
 pub struct Delivery<F> {
@@ -162,23 +163,38 @@ async fn sweep<F>(d: &Delivery<F>) {
             return;
         }
     };
-    let (vault, mount, pods) = (&d.vault, d.mount.as_str(), pods.as_slice());
-    let swept = d
-        .auth
-        .with_token(|token| async move { recover::sweep_orphans(vault, &token, mount, pods).await })
-        .await;
-    match swept {
-        Ok(0) => {}
-        Ok(n) => {
-            d.admin
-                .metrics
-                .secret_ids_destroyed
-                .get_or_create(&Reason { reason: "orphaned" })
-                .inc_by(n as u64);
-            info!(destroyed = n, "orphaned secret_ids destroyed");
+    // Secret_ids are single-use and consumed within moments of a push: one still alive for a
+    // managed pod now belongs to a push the previous leader never finished. Pods not in the list
+    // (gone: their secret_ids are bound to a dead IP) are left to the TTL.
+    let mut by_role: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+    for pod in &pods {
+        if let (Some(role), Some(uid)) = (pod.annotations().get(ROLE), pod.metadata.uid.as_deref())
+            && RoleName::parse(role).is_ok()
+        {
+            by_role.entry(role.clone()).or_default().insert(uid);
         }
-        Err(e) => {
-            warn!(error = %e, "orphan sweep failed; orphans expire by their TTL")
+    }
+    for (role, uids) in &by_role {
+        match orphans::destroy_secret_ids_of(
+            &d.auth,
+            &d.vault,
+            &d.mount,
+            role,
+            uids,
+            &HashSet::new(),
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                d.admin.metrics.destroyed_n("orphaned", n);
+                info!(
+                    role,
+                    destroyed = n,
+                    "destroyed secret_ids a previous leader minted and never delivered"
+                );
+            }
+            Err(e) => warn!(role, error = %e, "orphan sweep failed; orphans expire by their TTL"),
         }
     }
 }

@@ -9,7 +9,6 @@
 //! Every error text from Vault is scrubbed of the secrets the request carried before it becomes a
 //! [`VaultError`], so even a server that echoes a secret_id in a message cannot leak it to our logs.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -577,84 +576,6 @@ fn login_from(a: vaultrs::api::AuthInfo) -> Login {
         policies: a.policies,
         lease_duration: a.lease_duration,
         renewable: a.renewable,
-    }
-}
-
-/// Orphan cleanup after a leader change: which secret_ids of a role are alive, and whose.
-impl Vault {
-    /// `LIST auth/<mount>/role/<role>/secret-id`: accessors of the role's live secret_ids (none:
-    /// Vault answers 404).
-    pub async fn list_secret_id_accessors(
-        &self,
-        token: &ClientToken,
-        mount: &str,
-        role: &str,
-    ) -> Result<Vec<String>, VaultError> {
-        #[derive(Deserialize)]
-        struct Keys {
-            #[serde(default)]
-            keys: Vec<String>,
-        }
-        #[derive(Deserialize)]
-        struct Listed {
-            data: Keys,
-        }
-        let op = format!("list secret-ids of role {role:?}");
-        let resp = self
-            .http
-            .request(
-                reqwest::Method::from_bytes(b"LIST").expect("LIST is a valid method token"),
-                format!("{}/v1/{}", self.addr, secret_id_path(mount, role)),
-            )
-            .header("X-Vault-Token", token.expose())
-            .header("X-Vault-Request", "true")
-            .send()
-            .await
-            .map_err(|e| unreachable(&op, &e))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
-        }
-        let listed: Listed = read_json(&op, resp, &[token.expose()]).await?;
-        Ok(listed.data.keys)
-    }
-
-    /// `POST auth/<mount>/role/<role>/secret-id-accessor/lookup`: the metadata of a live
-    /// secret_id (`None` once it is used, expired or destroyed: Vault answers 404).
-    pub async fn lookup_secret_id_accessor(
-        &self,
-        token: &ClientToken,
-        mount: &str,
-        role: &str,
-        accessor: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, VaultError> {
-        #[derive(Deserialize)]
-        struct Data {
-            #[serde(default)]
-            metadata: Option<BTreeMap<String, String>>,
-        }
-        #[derive(Deserialize)]
-        struct Looked {
-            data: Data,
-        }
-        let op = format!("look up a secret-id of role {role:?} by accessor");
-        let resp = self
-            .http
-            .post(format!(
-                "{}/v1/auth/{}/role/{role}/secret-id-accessor/lookup",
-                self.addr,
-                mount.trim_matches('/')
-            ))
-            .header("X-Vault-Token", token.expose())
-            .header("X-Vault-Request", "true")
-            .json(&serde_json::json!({ "secret_id_accessor": accessor }))
-            .send()
-            .await
-            .map_err(|e| unreachable(&op, &e))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let looked: Looked = read_json(&op, resp, &[token.expose()]).await?;
-        Ok(Some(looked.data.metadata.unwrap_or_default()))
     }
 }
 
