@@ -85,6 +85,8 @@ pub struct Proc {
     /// Log file with stdout and stderr.
     pub log: PathBuf,
     child: Child,
+    /// The tasks copying stdout and stderr into the log: they end at EOF, after the process.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -111,17 +113,19 @@ impl Proc {
             .with_context(|| format!("opening {}", log.display()))?;
         let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
             let ready = ready_prefix.map(|p| (p.to_owned(), ready_tx));
-            tokio::spawn(pump(out, file.clone(), ready));
+            pumps.push(tokio::spawn(pump(out, file.clone(), ready)));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, file.clone(), None));
+            pumps.push(tokio::spawn(pump(err, file.clone(), None)));
         }
         let mut proc = Proc {
             name: name.to_owned(),
             log,
             child,
+            pumps,
         };
         if ready_prefix.is_none() {
             return Ok((proc, None));
@@ -160,11 +164,17 @@ impl Proc {
     }
 
     /// Waits for exit until `timeout`.
+    /// Once it has exited, its whole output is in the log (the copying tasks have reached EOF,
+    /// unless a child process of its own still holds the pipes open).
     pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait())
+        let status = tokio::time::timeout(timeout, self.child.wait())
             .await
             .map_err(|_| anyhow!("{} did not exit within {timeout:?}", self.name))?
-            .with_context(|| format!("waiting for {}", self.name))
+            .with_context(|| format!("waiting for {}", self.name))?;
+        for pump in std::mem::take(&mut self.pumps) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+        }
+        Ok(status)
     }
 
     /// Sends SIGTERM and waits (blocking, for use in `Drop`) until the process exits or `timeout`
@@ -214,11 +224,11 @@ async fn pump(
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let _ = file
-            .lock()
-            .await
-            .write_all(format!("{line}\n").as_bytes())
-            .await;
+        // tokio's File writes in the background: flush, so a reader of the log sees the line.
+        let mut file = file.lock().await;
+        let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = file.flush().await;
+        drop(file);
         if ready
             .as_ref()
             .is_some_and(|(p, _)| line.starts_with(p.as_str()))
