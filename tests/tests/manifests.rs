@@ -2,12 +2,16 @@
 //! flag of the controller (a renamed flag cannot leave a manifest silently ignored), and every
 //! object file parses as YAML. Schema validation of the rendered kustomizations is `.ci/check-manifests`;
 //! the pod webhook itself is what the harness registers in kube-dev for every end-to-end test
-//! (`harness::manifest_pod_webhook`).
+//! (`harness::manifest_pod_webhook`). The policies shipped in `manifests/` are loaded by the real
+//! controller and do what their comments say.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use approle_testkit::harness::{bin_path, manifest_pod_webhook, manifests_dir};
+use approle_testkit::harness::{
+    self, ROLE, Stack, StackOptions, bin_path, manifest_pod_webhook, manifests_dir,
+};
+use serde_json::json;
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir)
@@ -81,4 +85,58 @@ fn the_pod_webhook_is_for_pods_and_fails_closed() {
             .is_some_and(|v| v.iter().any(|n| n == "kube-system")),
         "{excluded}"
     );
+}
+
+fn yaml(path: &str) -> serde_yaml_ng::Value {
+    let path = manifests_dir().join(path);
+    let text = std::fs::read_to_string(&path).expect("read manifest");
+    serde_yaml_ng::from_str(&text).expect("parse manifest")
+}
+
+/// The policy of the base ConfigMap, and the one the kind overlay patches in.
+fn shipped_policies() -> [(&'static str, String); 2] {
+    let base = yaml("base/policy.yaml")["data"]["policy.yaml"]
+        .as_str()
+        .expect("base policy")
+        .to_owned();
+    let kind = yaml("kind/kustomization.yaml");
+    let patch = kind["patches"]
+        .as_sequence()
+        .and_then(|all| {
+            all.iter()
+                .find(|p| p["target"]["kind"].as_str() == Some("ConfigMap"))
+        })
+        .and_then(|p| p["patch"].as_str())
+        .expect("the kind overlay patches the policy ConfigMap");
+    let ops: serde_yaml_ng::Value = serde_yaml_ng::from_str(patch).expect("patch");
+    let kind = ops[0]["value"].as_str().expect("policy value").to_owned();
+    [("base", base), ("kind", kind)]
+}
+
+/// Both shipped policies load (a malformed one would refuse with "no authorization policy loaded
+/// yet") and deny role `web` in namespace `default`: the base denies everything, the kind
+/// overlay allows `web` only in `demo` for service account `web`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_policies_load_and_deny_by_default() {
+    for (name, policy) in shipped_policies() {
+        let _one = harness::exclusive().await;
+        let stack = Stack::start(StackOptions {
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .await
+        .expect("stack");
+        let pod = stack
+            .pod("web-0", json!({"vault-approle.io/role": ROLE}))
+            .expect("pod");
+        let refused = match stack.create(&pod).await {
+            Ok(_) => panic!("{name} policy: a pod asking for {ROLE} in default was admitted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            refused.contains("role \"web\" is not allowed in namespace \"default\""),
+            "{name} policy: {refused}"
+        );
+        assert_eq!(stack.secret_id_mints(ROLE), 0, "{name} policy");
+    }
 }
