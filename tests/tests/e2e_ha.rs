@@ -113,19 +113,10 @@ async fn killing_the_leader_mid_burst_delivers_every_pod_exactly_once() {
             .count();
         assert_eq!(delivered_events, 1, "{name}: {events:?}");
     }
-    harness::wait_for(
-        "no live secret_id left",
-        Duration::from_secs(30),
-        || async {
-            stack
-                .live_secret_ids(ROLE)
-                .await
-                .ok()
-                .filter(|l| l.is_empty())
-        },
-    )
-    .await
-    .expect("no leftovers");
+    stack
+        .wait_no_live_secret_ids(ROLE, Duration::from_secs(30))
+        .await
+        .expect("no leftovers");
     let survivor = stack
         .controller_index(&new_holder)
         .expect("the new leader is one of ours");

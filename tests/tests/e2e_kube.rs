@@ -51,19 +51,10 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
         }
     }
     // Whatever the losing replica minted was destroyed.
-    harness::wait_for(
-        "no live secret_id left",
-        Duration::from_secs(30),
-        || async {
-            stack
-                .live_secret_ids(ROLE)
-                .await
-                .ok()
-                .filter(|l| l.is_empty())
-        },
-    )
-    .await
-    .expect("no leftovers");
+    stack
+        .wait_no_live_secret_ids(ROLE, Duration::from_secs(30))
+        .await
+        .expect("no leftovers");
     stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
 }
 
