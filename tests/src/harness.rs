@@ -1032,6 +1032,18 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         .await
     }
 
+    /// Waits until controller `i`'s `/readyz` answers 200.
+    pub async fn wait_ready(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        wait_for("/readyz to answer 200", timeout, || async {
+            self.admin_get(i, "/readyz")
+                .await
+                .ok()
+                .filter(|(status, _)| *status == 200)
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Value of one series of controller `i`'s `/metrics`, named exactly as exposed (with its
     /// labels, e.g. `approle_vault_logins_total{result="success"}`); `None` when absent.
     pub async fn metric(&self, i: usize, series: &str) -> Option<f64> {

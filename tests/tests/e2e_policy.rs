@@ -190,15 +190,10 @@ async fn malformed_policy_written_live_keeps_the_last_good_one() {
         "the controller must log why the policy was not reloaded"
     );
     // Still ready (once the watch has synced), and the old policy still admits and delivers.
-    harness::wait_for("/readyz to answer 200", DELIVERY, || async {
-        stack
-            .admin_get(0, "/readyz")
-            .await
-            .ok()
-            .filter(|(s, _)| *s == 200)
-    })
-    .await
-    .expect("ready with the last good policy");
+    stack
+        .wait_ready(0, DELIVERY)
+        .await
+        .expect("ready with the last good policy");
     let pod = stack
         .pod("kept-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
@@ -244,15 +239,7 @@ async fn controller_without_a_good_policy_starts_but_is_not_ready_and_refuses() 
     stack
         .write_policy(harness::ALLOW_ALL_POLICY)
         .expect("policy");
-    harness::wait_for("/readyz to answer 200", DELIVERY, || async {
-        stack
-            .admin_get(0, "/readyz")
-            .await
-            .ok()
-            .filter(|(s, _)| *s == 200)
-    })
-    .await
-    .expect("ready");
+    stack.wait_ready(0, DELIVERY).await.expect("ready");
     stack.create(&pod).await.expect("admitted");
     stack
         .wait_pod("early-0", "delivered", DELIVERY, delivered)

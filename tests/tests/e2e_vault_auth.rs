@@ -56,15 +56,7 @@ fn login_accessors(stack: &Stack) -> Vec<String> {
 }
 
 async fn wait_ready(stack: &Stack) {
-    harness::wait_for("/readyz to answer 200", DELIVERY, || async {
-        stack
-            .admin_get(0, "/readyz")
-            .await
-            .ok()
-            .filter(|(s, _)| *s == 200)
-    })
-    .await
-    .expect("ready");
+    stack.wait_ready(0, DELIVERY).await.expect("ready");
 }
 
 const LOGINS_OK: &str = "approle_vault_logins_total{result=\"success\"}";
