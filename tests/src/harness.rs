@@ -1100,6 +1100,17 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         self.pod_volume_dir(pod, "kubernetes.io~empty-dir", inject::VOLUME_NAME)
     }
 
+    /// The log of a pod's init container as kube-dev's kubelet wrote it, while the pod exists.
+    pub fn init_log(&self, pod: &Pod) -> Option<String> {
+        let log = self
+            .kube_root
+            .join("pods")
+            .join(pod.metadata.uid.as_deref()?)
+            .join("logs")
+            .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
+        std::fs::read_to_string(log).ok()
+    }
+
     /// Host path of a pod's identity token (the projected volume only its init container mounts).
     pub fn identity_token_path(&self, pod: &Pod) -> PathBuf {
         self.pod_volume_dir(pod, "kubernetes.io~projected", inject::IDENTITY_VOLUME_NAME)

@@ -973,14 +973,7 @@ fn init_exit(p: &Pod) -> Option<i32> {
 /// From the init container's start (its first log line, microsecond timestamps; kube-dev's
 /// `startedAt` has whole seconds only) to the token file's modification time.
 fn init_to_token(stack: &Stack, pod: &Pod) -> Option<(Duration, Option<Duration>)> {
-    let uid = pod.metadata.uid.as_deref()?;
-    let log = stack
-        .kube_root
-        .join("pods")
-        .join(uid)
-        .join("logs")
-        .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
-    let text = std::fs::read_to_string(log).ok()?;
+    let text = stack.init_log(pod)?;
     let stamp = |l: &str| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok();
     let started = SystemTime::from(text.lines().find_map(stamp)?);
     let listening = text

@@ -123,14 +123,7 @@ async fn verify(stack: &Stack, name: &str, timeout: Duration) -> anyhow::Result<
 /// From the init container's start (its first log line, microsecond timestamps) to the token
 /// file's modification time.
 fn init_to_token(stack: &Stack, pod: &Pod) -> Option<Duration> {
-    let uid = pod.metadata.uid.as_deref()?;
-    let log = stack
-        .kube_root
-        .join("pods")
-        .join(uid)
-        .join("logs")
-        .join(format!("{}.log", approle_shared::INIT_CONTAINER_NAME));
-    let text = std::fs::read_to_string(log).ok()?;
+    let text = stack.init_log(pod)?;
     let first = text
         .lines()
         .find_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())?;
