@@ -81,9 +81,6 @@ pub enum DeliverError {
         /// The filesystem error.
         source: WriteError,
     },
-    /// The blocking write task panicked.
-    #[error("writing the token files: {0}")]
-    WriteTask(String),
 }
 
 impl DeliverError {
@@ -97,7 +94,7 @@ impl DeliverError {
             DeliverError::VaultUnavailable(_)
             | DeliverError::Unwrap(_)
             | DeliverError::Login(_) => Refusal::VaultFailed(reason),
-            DeliverError::Write { .. } | DeliverError::WriteTask(_) => Refusal::Internal(reason),
+            DeliverError::Write { .. } => Refusal::Internal(reason),
         }
     }
 
@@ -109,7 +106,7 @@ impl DeliverError {
             }
             DeliverError::VaultUnavailable(_) => None,
             DeliverError::Unwrap(_) | DeliverError::Login(_) => Some(ExitCode::VaultLogin),
-            DeliverError::Write { .. } | DeliverError::WriteTask(_) => Some(ExitCode::WriteFailed),
+            DeliverError::Write { .. } => Some(ExitCode::WriteFailed),
         }
     }
 
@@ -206,14 +203,14 @@ impl Deliverer {
             role: self.role.to_string(),
             pod_uid: self.pod_uid.clone(),
         };
-        let (dir, mode) = (self.out_dir.clone(), self.file_mode);
-        tokio::task::spawn_blocking(move || write_token_files(&dir, &file, mode))
-            .await
-            .map_err(|e| DeliverError::WriteTask(e.to_string()))?
-            .map_err(|source| DeliverError::Write {
+        // Written in place, not on a blocking thread: this one-shot process has nothing else to
+        // run meanwhile, and a thread (stack, malloc arena) costs more than the few small writes.
+        write_token_files(&self.out_dir, &file, self.file_mode).map_err(|source| {
+            DeliverError::Write {
                 accessor: login.accessor.clone(),
                 source,
-            })?;
+            }
+        })?;
         info!(accessor = %login.accessor, out_dir = %self.out_dir.display(), "token files written");
         Ok(PushResponse {
             status: "delivered".into(),
@@ -310,7 +307,14 @@ mod tests {
             ),
             (
                 "write failed",
-                DeliverError::WriteTask("panicked".into()),
+                DeliverError::Write {
+                    accessor: "acc".into(),
+                    source: approle_shared::tokenfile::WriteError::Io {
+                        file: "token".into(),
+                        dir: "/x".into(),
+                        source: std::io::Error::other("disk full"),
+                    },
+                },
                 500,
                 Some(ExitCode::WriteFailed),
             ),

@@ -352,7 +352,7 @@ async fn identity(state: &State, req: Request<Incoming>) -> Result<Response<Full
             "{IDENTITY_PATH}: this init container has no identity token (--identity-token-file is not set)"
         )));
     };
-    let token = read_identity(path).await?;
+    let token = read_identity(path)?;
     debug!("identity token shown");
     let mut resp = json(StatusCode::OK, &IdentityResponse { token });
     resp.headers_mut().insert(
@@ -363,8 +363,11 @@ async fn identity(state: &State, req: Request<Incoming>) -> Result<Response<Full
 }
 
 /// Reads the token file. Errors name the path and the I/O error, never the content.
-async fn read_identity(path: &Path) -> Result<IdentityToken, Refusal> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+///
+/// Read in place: a small file on a projected volume, where `tokio::fs` would start a blocking
+/// thread for one read.
+fn read_identity(path: &Path) -> Result<IdentityToken, Refusal> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
         Refusal::Internal(format!(
             "reading the identity token file {}: {e}",
             path.display()
