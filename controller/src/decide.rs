@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::pod::Pod;
 use approle_shared::INIT_CONTAINER_NAME;
 use approle_shared::annotations::{AnnotationErrors, InjectionSpec, STATUS};
-use k8s_openapi::api::core::v1::Pod;
 
 /// Value of the status annotation once a pod holds its token.
 pub const STATUS_DELIVERED: &str = "delivered";

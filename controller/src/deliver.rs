@@ -25,11 +25,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::pod::Pod;
 use approle_shared::annotations::{InjectionSpec, STATUS, TOKEN_ACCESSOR};
 use approle_shared::push::{PushRequest, PushResponse};
 use approle_shared::secret::ClientToken;
 use approle_shared::vault::{Destroyed, SecretIdRequest, Vault, VaultError};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};

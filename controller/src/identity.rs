@@ -21,10 +21,10 @@
 
 use std::net::IpAddr;
 
+use crate::pod::Pod;
 use approle_shared::push::IDENTITY_AUDIENCE;
 use approle_shared::secret::IdentityToken;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
@@ -108,15 +108,10 @@ impl IdentityFailure {
 /// `system:serviceaccount:<namespace>:<service account>` of the pod (the API server sets
 /// `serviceAccountName`, `default` when the pod names none).
 pub fn service_account_user(pod: &Pod) -> String {
-    let spec = pod.spec.as_ref();
-    let sa = spec
-        .and_then(|s| s.service_account_name.as_deref())
-        .or_else(|| spec.and_then(|s| s.service_account.as_deref()))
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
     format!(
-        "system:serviceaccount:{}:{sa}",
-        pod.namespace().unwrap_or_default()
+        "system:serviceaccount:{}:{}",
+        pod.namespace().unwrap_or_default(),
+        pod.service_account()
     )
 }
 

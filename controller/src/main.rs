@@ -21,7 +21,7 @@
 //! left ([`recover`]).
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
-//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`prune`] (what the pod cache keeps), [`push`] (the mTLS
+//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`pod`] (the controller's small pod type: what the cache keeps), [`push`] (the mTLS
 //! push connection), [`identity`] (pod identity: TokenReview before the push), [`policy`]
 //! (authorization policy file, default deny), [`redeliver`] (crash-loop backoff of
 //! re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading), [`recover`]
@@ -38,8 +38,8 @@ mod deliver;
 mod identity;
 mod leader;
 mod orphans;
+mod pod;
 mod policy;
-mod prune;
 mod push;
 mod recover;
 mod redeliver;
@@ -53,11 +53,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::pod::Pod;
 use anyhow::Context as _;
 use approle_shared::tls;
 use approle_shared::vault::{Vault, VaultConfig};
 use clap::Parser;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info, warn};

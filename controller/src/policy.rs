@@ -34,9 +34,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::pod::Pod;
 use approle_shared::annotations::{InjectionSpec, STATUS};
 use futures::Stream;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -367,11 +367,10 @@ impl Policy {
     }
 }
 
-/// The pod's service account (`spec.serviceAccountName`, default `default`).
-pub fn service_account(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.as_deref())
+/// The service account a pod runs as, from its `spec.serviceAccountName`: `default` when that is
+/// absent or empty (the API server's own default).
+pub fn service_account(service_account_name: Option<&str>) -> &str {
+    service_account_name
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
 }
@@ -601,7 +600,7 @@ pub async fn gate(ctx: &Context, pod: &Pod, spec: &InjectionSpec) -> Option<Acti
     let namespace = pod.namespace().unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
     let status = pod.annotations().get(STATUS).cloned();
-    match authz.check(spec.role.as_str(), &namespace, service_account(pod)) {
+    match authz.check(spec.role.as_str(), &namespace, pod.service_account()) {
         Ok(()) => {
             lock(&authz.denials).remove(&uid);
             if status.as_deref() == Some(STATUS_DENIED) {
@@ -871,11 +870,12 @@ rules:
         let pod: Pod =
             serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
                 .expect("pod");
-        assert_eq!(service_account(&pod), "default");
+        assert_eq!(pod.service_account(), "default");
         let pod: Pod = serde_json::from_value(
             json!({"metadata": {"name": "p"}, "spec": {"containers": [], "serviceAccountName": "api"}}),
         )
         .expect("pod");
-        assert_eq!(service_account(&pod), "api");
+        assert_eq!(pod.service_account(), "api");
+        assert_eq!(service_account(Some("")), "default");
     }
 }

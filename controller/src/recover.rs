@@ -14,9 +14,9 @@
 //! sweep the new leader runs before its first delivery (`crate::term`, with
 //! [`crate::orphans::destroy_secret_ids_of`]).
 
+use crate::pod::Pod;
 use approle_shared::INIT_CONTAINER_NAME;
 use approle_shared::push::TerminationMessage;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};

@@ -24,9 +24,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::pod::Pod;
 use approle_shared::INIT_CONTAINER_NAME;
 use approle_shared::annotations::{DELIVERIES, LAST_DELIVERY};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;

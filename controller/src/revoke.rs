@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pod::Pod;
 use approle_shared::annotations::TOKEN_ACCESSOR;
 use approle_shared::vault::{Destroyed, Vault};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use tracing::{info, warn};

@@ -15,16 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::pod::Pod;
 use approle_shared::MANAGED_LABEL;
 use approle_shared::annotations::{ROLE, RoleName};
 use approle_shared::vault::Vault;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -32,7 +32,7 @@ use crate::admin::Admin;
 use crate::leader::Leadership;
 use crate::policy::Authorizer;
 use crate::vault_auth::VaultAuth;
-use crate::{deliver, orphans, prune, revoke};
+use crate::{deliver, orphans, revoke};
 
 /// What a term needs; `context` builds the delivery context around the term's pod cache.
 pub struct Delivery<F> {
@@ -96,13 +96,8 @@ where
         d.auth.clone(),
         d.admin.clone(),
     ));
-    // The cache keeps a pruned copy of each pod (prune.rs): well under 1 KiB instead of 10–20.
-    let (reader, writer) = reflector::store();
-    let pruned = watcher::watcher(d.pods.clone(), watch)
-        .modify(prune::prune)
-        .reflect(writer)
-        .applied_objects();
-    let controller = Controller::for_stream(pruned, reader)
+    // The cache holds the controller's own small `Pod` (pod.rs), decoded straight from the watch.
+    let controller = Controller::new(d.pods.clone(), watch)
         .with_config(Config::default().concurrency(d.concurrency))
         // A new policy re-checks every pod at once (denied ones may be allowed now).
         .reconcile_all_on(d.authorizer.changes())

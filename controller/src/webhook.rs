@@ -178,7 +178,12 @@ fn review_pod(
         Ok(Some(spec)) => spec,
         Err(errors) => return Verdict::invalid(errors.to_string()),
     };
-    if let Err(denied) = authz.check(spec.role.as_str(), namespace, service_account(&pod)) {
+    let sa = service_account(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
+    );
+    if let Err(denied) = authz.check(spec.role.as_str(), namespace, sa) {
         return Verdict::Deny {
             code: 403,
             message: denied.to_string(),
