@@ -178,7 +178,7 @@ impl Kubelet {
 }
 
 impl Inner {
-    fn on_change(self: &Arc<Self>, kind: ChangeKind, pod: &Value) {
+    fn on_change(self: &Arc<Self>, kind: ChangeKind, pod: &Arc<Value>) {
         let uid = uid_of(pod).to_string();
         let signal = |grace: i64| {
             if let Some(tx) = lock(&self.pods).get(&uid) {
@@ -352,7 +352,7 @@ enum InitOutcome {
 
 struct PodTask {
     k: Arc<Inner>,
-    pod: Value,
+    pod: Arc<Value>,
     uid: String,
     ns: String,
     name: String,
@@ -364,7 +364,7 @@ struct PodTask {
 }
 
 impl PodTask {
-    fn new(k: Arc<Inner>, pod: Value, stop: watch::Receiver<Option<i64>>) -> Self {
+    fn new(k: Arc<Inner>, pod: Arc<Value>, stop: watch::Receiver<Option<i64>>) -> Self {
         Self {
             uid: uid_of(&pod).to_string(),
             ns: namespace_of(&pod).to_string(),
