@@ -114,7 +114,7 @@ impl Admission {
         let ns_name = namespace_of(pod).to_string();
         let ns_obj = store
             .get("namespaces", "", &ns_name)
-            .unwrap_or_else(|| json!({"metadata": {"name": ns_name}}));
+            .unwrap_or_else(|| Arc::new(json!({"metadata": {"name": ns_name}})));
         let mut current = pod.clone();
         for cfg in &configs {
             for hook in cfg

@@ -11,6 +11,7 @@
 //! Objects are stored in one shape per storage and presented per resource (see `events`).
 //! Errors are `Status` objects (see `status`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, success_status};
-use super::store::{Change, ChangeKind, Store, Update};
+use super::store::{Change, ChangeKind, EncodingKey, Store, Update};
 use super::table;
 use super::tokens::TokenIssuer;
 use super::util::{
@@ -287,15 +288,19 @@ async fn dispatch(
 }
 
 /// The object as served for `def` (core/v1 events converted, type meta set).
-pub fn present(def: &ResourceDef, obj: &Value) -> Value {
+pub fn present<'a>(def: &ResourceDef, obj: &'a Value) -> Cow<'a, Value> {
+    let api_version = def.api_version();
     let mut v = if def.storage == "events" && def.group.is_empty() {
         events::to_core(obj)
+    } else if str_at(obj, &["apiVersion"]) == api_version && str_at(obj, &["kind"]) == def.kind {
+        // Stored in this shape already (`ingest`): no copy.
+        return Cow::Borrowed(obj);
     } else {
         obj.clone()
     };
-    v["apiVersion"] = json!(def.api_version());
+    v["apiVersion"] = json!(api_version);
     v["kind"] = json!(def.kind);
-    v
+    Cow::Owned(v)
 }
 
 fn ingest(def: &ResourceDef, obj: Value) -> Value {
@@ -364,7 +369,7 @@ fn get(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         let rv = rv_of(&obj).to_string();
         return Ok(json_response(
             StatusCode::OK,
-            &table::table(r.def, &[v], &rv, &r.query),
+            &table::table(r.def, &[v.into_owned()], &rv, &r.query),
         ));
     }
     Ok(json_response(StatusCode::OK, &v))
@@ -393,7 +398,7 @@ impl Filter {
     }
 
     /// The presented object if it matches.
-    fn matches(&self, obj: &Value) -> Option<Value> {
+    fn matches<'a>(&self, obj: &'a Value) -> Option<Cow<'a, Value>> {
         if let Some(ns) = &self.ns
             && namespace_of(obj) != ns
         {
@@ -413,7 +418,10 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         // Listing in a namespace that does not exist is an empty list on a real server too.
     }
     let (items, rv) = st.store.list(r.def.storage, r.ns.as_deref());
-    let items: Vec<Value> = items.iter().filter_map(|o| filter.matches(o)).collect();
+    let items: Vec<Value> = items
+        .iter()
+        .filter_map(|o| filter.matches(o).map(Cow::into_owned))
+        .collect();
     if r.wants_table() {
         return Ok(json_response(
             StatusCode::OK,
@@ -441,8 +449,16 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     ))
 }
 
-fn watch_event(kind: &str, object: Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+/// One line of a watch stream: `{"object":…,"type":…}` (keys in the order `json!` gave them).
+#[derive(serde::Serialize)]
+struct WatchEvent<'a> {
+    object: &'a Value,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+fn watch_event(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&WatchEvent { object, kind }).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -450,7 +466,7 @@ fn watch_event(kind: &str, object: Value) -> Bytes {
 fn too_old_event(requested: u64, oldest: u64) -> Bytes {
     watch_event(
         "ERROR",
-        ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status(),
+        &ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status(),
     )
 }
 
@@ -502,18 +518,34 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 return;
             }
         };
-        let wrap = |obj: Value| -> Value {
+        let encode = |kind: &str, obj: Cow<'_, Value>| -> Bytes {
             if table {
-                table::table(def, std::slice::from_ref(&obj), rv_of(&obj), &query)
+                let obj = obj.into_owned();
+                let t = table::table(def, std::slice::from_ref(&obj), rv_of(&obj), &query);
+                watch_event(kind, &t)
             } else {
-                obj
+                watch_event(kind, &obj)
             }
+        };
+        // A change's event: encoded once and shared with every watcher of the same resource
+        // that sees the same event type; tables depend on this watch's query, so not shared.
+        let change_event = |c: &Change| -> Option<Bytes> {
+            let (kind, obj) = translate(&filter, c)?;
+            if table {
+                return Some(encode(kind, obj));
+            }
+            let key = EncodingKey {
+                group: def.group,
+                version: def.version,
+                event: kind,
+            };
+            Some(c.encoded(key, || watch_event(kind, &obj)))
         };
         let mut last_rv = start.start_rv;
         if let Some((items, snap_rv)) = start.snapshot {
             for o in &items {
                 if let Some(v) = filter.matches(o)
-                    && tx.send(watch_event("ADDED", wrap(v))).await.is_err()
+                    && tx.send(encode("ADDED", v)).await.is_err()
                 {
                     return;
                 }
@@ -522,14 +554,14 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
                     "metadata": {"resourceVersion": snap_rv.to_string(),
                                  "annotations": {"k8s.io/initial-events-end": "true"}}});
-                if tx.send(watch_event("BOOKMARK", b)).await.is_err() {
+                if tx.send(watch_event("BOOKMARK", &b)).await.is_err() {
                     return;
                 }
             }
         }
         for c in &start.replay {
-            if let Some((kind, obj)) = translate(&filter, c)
-                && tx.send(watch_event(kind, wrap(obj))).await.is_err()
+            if let Some(event) = change_event(c)
+                && tx.send(event).await.is_err()
             {
                 return;
             }
@@ -549,7 +581,7 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 _ = ticker.tick(), if bookmarks => {
                     let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
                         "metadata": {"resourceVersion": last_rv.to_string()}});
-                    if tx.send(watch_event("BOOKMARK", b)).await.is_err() {
+                    if tx.send(watch_event("BOOKMARK", &b)).await.is_err() {
                         return;
                     }
                 }
@@ -562,8 +594,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                         if c.storage != def.storage {
                             continue;
                         }
-                        if let Some((kind, obj)) = translate(&filter, &c)
-                            && tx.send(watch_event(kind, wrap(obj))).await.is_err()
+                        if let Some(event) = change_event(&c)
+                            && tx.send(event).await.is_err()
                         {
                             return;
                         }
@@ -592,9 +624,9 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
 
 /// A change as seen through a filtered watch: objects entering the selection are ADDED, leaving
 /// it DELETED, as with the real watch cache.
-fn translate(filter: &Filter, c: &Change) -> Option<(&'static str, Value)> {
+fn translate<'a>(filter: &Filter, c: &'a Change) -> Option<(&'static str, Cow<'a, Value>)> {
     let now = filter.matches(&c.object);
-    let before = c.old.as_ref().and_then(|o| filter.matches(o));
+    let before = c.old.as_deref().and_then(|o| filter.matches(o));
     match c.kind {
         ChangeKind::Added => now.map(|v| ("ADDED", v)),
         ChangeKind::Deleted => before
@@ -631,7 +663,7 @@ pub async fn create_object(
     obj: Value,
     dry_run: bool,
     from_apply: bool,
-) -> Result<(Value, Vec<String>), ApiError> {
+) -> Result<(Arc<Value>, Vec<String>), ApiError> {
     let mut obj = ingest(def, obj);
     if def.namespaced {
         let body_ns = namespace_of(&obj).to_string();
@@ -756,8 +788,8 @@ fn apply_update(
     }
     if sub == Some("status") {
         let mut out = cur.clone();
-        match new.get("status") {
-            Some(s) => out["status"] = s.clone(),
+        match new.as_object_mut().and_then(|m| m.remove("status")) {
+            Some(s) => out["status"] = s,
             None => {
                 if let Some(m) = out.as_object_mut() {
                     m.remove("status");
@@ -770,7 +802,7 @@ fn apply_update(
         return Ok(Update::Put(out));
     }
     {
-        let cur_meta = cur.get("metadata").cloned().unwrap_or(json!({}));
+        let cur_meta = cur.get("metadata");
         let meta = metadata_mut(&mut new);
         for k in [
             "uid",
@@ -781,7 +813,7 @@ fn apply_update(
             "name",
             "generateName",
         ] {
-            match cur_meta.get(k) {
+            match cur_meta.and_then(|m| m.get(k)) {
                 Some(v) => {
                     meta.insert(k.into(), v.clone());
                 }
@@ -925,7 +957,7 @@ async fn patch_handler(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     let res = st
         .store
         .update(def.storage, r.ns(), r.name(), r.dry_run(), |cur| {
-            let mut doc = present(def, cur);
+            let mut doc = present(def, cur).into_owned();
             patch::apply(kind, &mut doc, &r.body)?;
             apply_update(def, sub, cur, ingest(def, doc), Write::Update(&manager))
         })?;
@@ -1016,9 +1048,9 @@ fn delete_options(r: &Req) -> Result<DeleteOptions, ApiError> {
 /// What a delete produced.
 enum Deleted {
     /// Gone now (the last state).
-    Gone(Value),
+    Gone(Arc<Value>),
     /// Marked for deletion (graceful pods, finalizers, namespaces).
-    Terminating(Value),
+    Terminating(Arc<Value>),
 }
 
 fn delete_one(
@@ -1133,7 +1165,9 @@ fn delete_collection(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     let mut out = Vec::new();
     for o in items.iter().filter(|o| filter.matches(o).is_some()) {
         match delete_one(st, def, namespace_of(o), name_of(o), &opts, r.dry_run()) {
-            Ok(Deleted::Gone(v) | Deleted::Terminating(v)) => out.push(present(def, &v)),
+            Ok(Deleted::Gone(v) | Deleted::Terminating(v)) => {
+                out.push(present(def, &v).into_owned());
+            }
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }

@@ -27,6 +27,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -155,11 +157,7 @@ impl Kubelet {
     pub fn kill_all(&self) {
         let groups: Vec<u32> = lock(&self.inner.groups).drain().collect();
         for g in groups {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{g}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            signal_group(g, Signal::KILL);
         }
     }
 
@@ -180,7 +178,7 @@ impl Kubelet {
 }
 
 impl Inner {
-    fn on_change(self: &Arc<Self>, kind: ChangeKind, pod: &Value) {
+    fn on_change(self: &Arc<Self>, kind: ChangeKind, pod: &Arc<Value>) {
         let uid = uid_of(pod).to_string();
         let signal = |grace: i64| {
             if let Some(tx) = lock(&self.pods).get(&uid) {
@@ -354,7 +352,7 @@ enum InitOutcome {
 
 struct PodTask {
     k: Arc<Inner>,
-    pod: Value,
+    pod: Arc<Value>,
     uid: String,
     ns: String,
     name: String,
@@ -366,7 +364,7 @@ struct PodTask {
 }
 
 impl PodTask {
-    fn new(k: Arc<Inner>, pod: Value, stop: watch::Receiver<Option<i64>>) -> Self {
+    fn new(k: Arc<Inner>, pod: Arc<Value>, stop: watch::Receiver<Option<i64>>) -> Self {
         Self {
             uid: uid_of(&pod).to_string(),
             ns: namespace_of(&pod).to_string(),
@@ -1209,7 +1207,7 @@ async fn wait_or_stop(
         status = child.wait() => {
             // Whatever the container left behind in its group goes with it.
             if let Some(g) = pgid {
-                signal_group(g, "KILL").await;
+                signal_group(g, Signal::KILL);
                 lock(&k.groups).remove(&g);
             }
             let code = status.ok().and_then(|s| {
@@ -1230,23 +1228,32 @@ async fn terminate(k: &Inner, child: &mut Child, grace_secs: i64) {
     let Some(pgid) = child.id() else {
         return;
     };
-    signal_group(pgid, "TERM").await;
+    signal_group(pgid, Signal::TERM);
     let grace = Duration::from_secs(u64::try_from(grace_secs).unwrap_or(0));
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-    signal_group(pgid, "KILL").await;
+    signal_group(pgid, Signal::KILL);
     lock(&k.groups).remove(&pgid);
 }
 
-async fn signal_group(pgid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+/// `kill(-pgid, sig)`: signals every process of a container's group. A group that is already
+/// gone (ESRCH) is fine: there is nothing left to stop. Never signals group 0 or 1 (those would
+/// mean "our own group" and "every process we may signal").
+fn signal_group(pgid: u32, sig: Signal) {
+    let Some(pid) = i32::try_from(pgid)
+        .ok()
+        .filter(|&p| p > 1)
+        .and_then(Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = kill_process_group(pid, sig)
+        && e != Errno::SRCH
+    {
+        tracing::debug!(pgid, error = %e, "signalling a container's process group failed");
+    }
 }
 
 /// Audience and lifetime of a `serviceAccountToken` projection. A missing lifetime is taken as

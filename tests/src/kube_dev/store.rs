@@ -1,6 +1,12 @@
 //! The object store: every object as `serde_json::Value` (unknown fields kept verbatim), one
 //! global `resourceVersion` counter, and a bounded history of changes for watches.
 //!
+//! Objects are immutable once stored and shared as `Arc<Value>`: the map, the history, the
+//! watchers and the observers hold the same allocation, and a write replaces the `Arc` rather
+//! than copying the object. Each [`Change`] also caches its encoded watch events, so N watchers
+//! that see the same event in the same shape serialise it once (the real server's
+//! `cachingObject`).
+//!
 //! ```text
 //!   write (create/update/delete) ──lock──▶ objects + rv += 1 ──▶ history (last N changes)
 //!                                                   └─────────▶ broadcast ──▶ watch streams
@@ -14,10 +20,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::{Value, json};
+use bytes::Bytes;
+use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
-use super::util::{metadata_mut, name_of, namespace_of};
+use super::util::{metadata_mut, name_of, namespace_of, rv_of};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +49,7 @@ impl ChangeKind {
 }
 
 /// One committed change.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Change {
     /// The resourceVersion it produced.
     pub rv: u64,
@@ -53,9 +60,57 @@ pub struct Change {
     /// Added, modified or deleted.
     pub kind: ChangeKind,
     /// The object after the change (for deletes: the last state, with the deletion's rv).
-    pub object: Value,
+    pub object: Arc<Value>,
     /// The object before the change (modifications and deletions).
-    pub old: Option<Value>,
+    pub old: Option<Arc<Value>>,
+    /// Watch events already encoded for this change, shared by every watcher that wants the
+    /// same shape (see [`Change::encoded`]).
+    encoded: Mutex<Vec<(EncodingKey, Bytes)>>,
+}
+
+/// What an encoded watch event of a change depends on besides the change itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodingKey {
+    /// API group the object is presented in.
+    pub group: &'static str,
+    /// API version the object is presented in.
+    pub version: &'static str,
+    /// Event type as this watcher sees it (a selector can turn MODIFIED into ADDED/DELETED).
+    pub event: &'static str,
+}
+
+impl Change {
+    fn new(
+        rv: u64,
+        storage: &'static str,
+        namespace: String,
+        kind: ChangeKind,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
+    ) -> Self {
+        Self {
+            rv,
+            storage,
+            namespace,
+            kind,
+            object,
+            old,
+            encoded: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The watch event for `key`: encoded by `encode` for the first watcher that asks, the same
+    /// bytes for every later one. The lock is held while encoding so that concurrent watchers
+    /// wait for the one encoding instead of each making their own.
+    pub fn encoded(&self, key: EncodingKey, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let mut cache = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = cache.iter().find(|(k, _)| *k == key) {
+            return b.clone();
+        }
+        let b = encode();
+        cache.push((key, b.clone()));
+        b
+    }
 }
 
 /// Why a watch could not start from the requested resourceVersion.
@@ -71,7 +126,7 @@ pub struct TooOld {
 #[derive(Debug)]
 pub struct WatchStart {
     /// Objects that exist now (for "start at most recent" watches), with the rv of that snapshot.
-    pub snapshot: Option<(Vec<Value>, u64)>,
+    pub snapshot: Option<(Vec<Arc<Value>>, u64)>,
     /// History replay (for watches from a given rv).
     pub replay: Vec<Arc<Change>>,
     /// Subsequent changes.
@@ -85,7 +140,7 @@ type Key = (String, String);
 #[derive(Debug)]
 struct Inner {
     rv: u64,
-    objects: HashMap<&'static str, BTreeMap<Key, Value>>,
+    objects: HashMap<&'static str, BTreeMap<Key, Arc<Value>>>,
     history: VecDeque<Arc<Change>>,
     history_cap: usize,
     /// Every change with rv > floor is still in `history`.
@@ -151,8 +206,8 @@ impl Store {
         self.lock().rv
     }
 
-    /// One object.
-    pub fn get(&self, storage: &str, namespace: &str, name: &str) -> Option<Value> {
+    /// One object (shared with the store: clone it to change it).
+    pub fn get(&self, storage: &str, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.lock()
             .objects
             .get(storage)
@@ -162,12 +217,12 @@ impl Store {
 
     /// All objects of a storage (optionally of one namespace), sorted by namespace and name,
     /// with the rv of this snapshot.
-    pub fn list(&self, storage: &str, namespace: Option<&str>) -> (Vec<Value>, u64) {
+    pub fn list(&self, storage: &str, namespace: Option<&str>) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
         (Self::list_locked(&inner, storage, namespace), inner.rv)
     }
 
-    fn list_locked(inner: &Inner, storage: &str, namespace: Option<&str>) -> Vec<Value> {
+    fn list_locked(inner: &Inner, storage: &str, namespace: Option<&str>) -> Vec<Arc<Value>> {
         inner
             .objects
             .get(storage)
@@ -200,7 +255,11 @@ impl Store {
     }
 
     fn set_rv(obj: &mut Value, rv: u64) {
-        metadata_mut(obj).insert("resourceVersion".into(), json!(rv.to_string()));
+        Self::set_rv_str(obj, rv.to_string());
+    }
+
+    fn set_rv_str(obj: &mut Value, rv: String) {
+        metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv));
     }
 
     /// Inserts a new object (its rv is assigned here).
@@ -209,7 +268,7 @@ impl Store {
         storage: &'static str,
         mut obj: Value,
         dry_run: bool,
-    ) -> Result<Value, NameTaken> {
+    ) -> Result<Arc<Value>, NameTaken> {
         let mut inner = self.lock();
         let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
         if inner
@@ -220,27 +279,22 @@ impl Store {
             return Err(NameTaken);
         }
         if dry_run {
-            return Ok(obj);
+            return Ok(Arc::new(obj));
         }
         inner.rv += 1;
         let rv = inner.rv;
         Self::set_rv(&mut obj, rv);
+        let obj = Arc::new(obj);
+        let namespace = key.0.clone();
         inner
             .objects
             .entry(storage)
             .or_default()
-            .insert(key.clone(), obj.clone());
+            .insert(key, obj.clone());
         Self::commit(
             &mut inner,
             &self.tx,
-            Change {
-                rv,
-                storage,
-                namespace: key.0,
-                kind: ChangeKind::Added,
-                object: obj.clone(),
-                old: None,
-            },
+            Change::new(rv, storage, namespace, ChangeKind::Added, obj.clone(), None),
         );
         Ok(obj)
     }
@@ -254,9 +308,10 @@ impl Store {
         name: &str,
         dry_run: bool,
         f: impl FnOnce(&Value) -> Result<Update, E>,
-    ) -> Result<Option<(Value, ChangeKind)>, E> {
+    ) -> Result<Option<(Arc<Value>, ChangeKind)>, E> {
         let mut inner = self.lock();
         let key = (namespace.to_string(), name.to_string());
+        // Another reference to the stored object, not a copy.
         let Some(current) = inner
             .objects
             .get(storage)
@@ -267,35 +322,41 @@ impl Store {
         };
         match f(&current)? {
             Update::Put(mut new) => {
-                Self::set_rv(&mut new, current_rv_of(&current));
-                if new == current || dry_run {
-                    return Ok(Some((new, ChangeKind::Modified)));
+                let current_rv = rv_of(&current).to_string();
+                Self::set_rv_str(&mut new, current_rv);
+                if new == *current {
+                    return Ok(Some((current, ChangeKind::Modified)));
+                }
+                if dry_run {
+                    return Ok(Some((Arc::new(new), ChangeKind::Modified)));
                 }
                 inner.rv += 1;
                 let rv = inner.rv;
                 Self::set_rv(&mut new, rv);
+                let new = Arc::new(new);
+                let namespace = key.0.clone();
                 inner
                     .objects
                     .entry(storage)
                     .or_default()
-                    .insert(key.clone(), new.clone());
+                    .insert(key, new.clone());
                 Self::commit(
                     &mut inner,
                     &self.tx,
-                    Change {
+                    Change::new(
                         rv,
                         storage,
-                        namespace: key.0,
-                        kind: ChangeKind::Modified,
-                        object: new.clone(),
-                        old: Some(current),
-                    },
+                        namespace,
+                        ChangeKind::Modified,
+                        new.clone(),
+                        Some(current),
+                    ),
                 );
                 Ok(Some((new, ChangeKind::Modified)))
             }
             Update::Delete(last) => {
                 if dry_run {
-                    return Ok(Some((last, ChangeKind::Deleted)));
+                    return Ok(Some((Arc::new(last), ChangeKind::Deleted)));
                 }
                 Ok(
                     Self::remove_locked(&mut inner, &self.tx, storage, key, last)
@@ -311,22 +372,23 @@ impl Store {
         storage: &'static str,
         key: Key,
         mut last: Value,
-    ) -> Option<Value> {
+    ) -> Option<Arc<Value>> {
         let old = inner.objects.get_mut(storage)?.remove(&key)?;
         inner.rv += 1;
         let rv = inner.rv;
         Self::set_rv(&mut last, rv);
+        let last = Arc::new(last);
         Self::commit(
             inner,
             tx,
-            Change {
+            Change::new(
                 rv,
                 storage,
-                namespace: key.0,
-                kind: ChangeKind::Deleted,
-                object: last.clone(),
-                old: Some(old),
-            },
+                key.0,
+                ChangeKind::Deleted,
+                last.clone(),
+                Some(old),
+            ),
         );
         Some(last)
     }
@@ -338,15 +400,18 @@ impl Store {
         namespace: &str,
         name: &str,
         uid: Option<&str>,
-    ) -> Option<Value> {
+    ) -> Option<Arc<Value>> {
         let mut inner = self.lock();
         let key = (namespace.to_string(), name.to_string());
-        let current = inner.objects.get(storage)?.get(&key)?.clone();
+        let current = inner.objects.get(storage)?.get(&key)?;
         if let Some(uid) = uid
-            && super::util::uid_of(&current) != uid
+            && super::util::uid_of(current) != uid
         {
             return None;
         }
+        // The last state is the current object with the deletion's rv: one copy, because the
+        // stored `Arc` becomes the change's `old`.
+        let current = Value::clone(current);
         Self::remove_locked(&mut inner, &self.tx, storage, key, current)
     }
 
@@ -390,14 +455,11 @@ impl Store {
     }
 }
 
-fn current_rv_of(obj: &Value) -> u64 {
-    super::util::rv_of(obj).parse().unwrap_or(0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (house rule)
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn obj(ns: &str, name: &str) -> Value {
         json!({"metadata": {"name": name, "namespace": ns}})
@@ -429,6 +491,41 @@ mod tests {
         let d = s.delete("pods", "d", "a", None).unwrap();
         assert_eq!(d["metadata"]["resourceVersion"], "4");
         assert_eq!(s.current_rv(), 4);
+    }
+
+    #[test]
+    fn watchers_share_a_change_and_its_encoding_per_shape() {
+        let s = Store::new(10);
+        let mut w = s.watch("pods", None).unwrap();
+        let created = s.create("pods", obj("d", "a"), false).unwrap();
+        let c = w.rx.try_recv().unwrap();
+        // The history, the broadcast and the caller hold one object, not copies.
+        assert!(Arc::ptr_eq(&c.object, &created));
+        let key = |event| EncodingKey {
+            group: "",
+            version: "v1",
+            event,
+        };
+        let mut made = 0;
+        let a = c.encoded(key("ADDED"), || {
+            made += 1;
+            Bytes::from_static(b"added")
+        });
+        let b = c.encoded(key("ADDED"), || {
+            made += 1;
+            Bytes::from_static(b"other")
+        });
+        assert_eq!(
+            (a, b, made),
+            (
+                Bytes::from_static(b"added"),
+                Bytes::from_static(b"added"),
+                1
+            )
+        );
+        // Another event type (a selector turned it into something else) is its own encoding.
+        let d = c.encoded(key("DELETED"), || Bytes::from_static(b"deleted"));
+        assert_eq!(d, Bytes::from_static(b"deleted"));
     }
 
     #[test]

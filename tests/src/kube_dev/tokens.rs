@@ -11,6 +11,8 @@
 //!
 //! Tokens are credentials: they are never logged and never part of an error message.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{
@@ -143,7 +145,7 @@ impl TokenIssuer {
         // sign for its name without a UID (TokenReview then skips the ServiceAccount check).
         let sa = store
             .get("serviceaccounts", ns, sa_name)
-            .unwrap_or_else(|| json!({"metadata": {"name": sa_name, "uid": ""}}));
+            .unwrap_or_else(|| Arc::new(json!({"metadata": {"name": sa_name, "uid": ""}})));
         let aud = if audience.is_empty() {
             API_AUDIENCE.to_string()
         } else {
@@ -229,7 +231,7 @@ impl TokenIssuer {
             }
             _ => None,
         };
-        let claims = self.claims(ns, &sa, pod.as_ref(), &audiences, expiry);
+        let claims = self.claims(ns, &sa, pod.as_deref(), &audiences, expiry);
         let exp = claims["exp"].as_i64().unwrap_or(0);
         let token = self.sign(&claims)?;
         let expiration = jiff::Timestamp::from_second(exp)
@@ -431,7 +433,7 @@ mod tests {
     use super::*;
 
     /// Pod `d/p` with `uid` (service account `default`).
-    fn create_pod(store: &Store, uid: &str) -> Value {
+    fn create_pod(store: &Store, uid: &str) -> Arc<Value> {
         store
             .create(
                 "pods",
