@@ -539,7 +539,10 @@ fn secret_id_request(pod: &Pod, pod_ip: IpAddr, settings: &Settings) -> SecretId
         ("namespace".to_owned(), pod.namespace().unwrap_or_default()),
         ("pod".to_owned(), pod.name_any()),
         ("pod_uid".to_owned(), pod.uid().unwrap_or_default()),
-        ("service_account".to_owned(), pod.service_account().to_owned()),
+        (
+            "service_account".to_owned(),
+            pod.service_account().to_owned(),
+        ),
         (
             "node".to_owned(),
             spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

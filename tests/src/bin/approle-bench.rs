@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         init_timeout: "120s".into(),
         // Info, not the harness's debug level: what a deployment would run.
         controller_args: vec!["--log-level".into(), args.controller_log_level.clone()],
+        tmpfs: true,
         ..Default::default()
     })
     .await

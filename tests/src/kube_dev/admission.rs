@@ -34,6 +34,10 @@ pub struct Admission {
     /// `namespace/name` of a webhook Service → the loopback address that serves it. Shared so
     /// that a webhook started after kube-dev (it needs the kubeconfig first) can be added.
     pub services: Arc<RwLock<HashMap<String, SocketAddr>>>,
+    /// One HTTP client per webhook connection setting (address, CA bundle, timeout), kept with
+    /// its open connections, as the API server keeps its webhook clients: not a TLS handshake
+    /// per admission call.
+    clients: Arc<std::sync::Mutex<HashMap<String, reqwest::Client>>>,
 }
 
 /// The result of admission.
@@ -100,6 +104,14 @@ fn match_conditions(hook: &Value, vars: &[(&str, &Value)]) -> Result<bool, Strin
 }
 
 impl Admission {
+    /// Admission with these webhook Service addresses (`namespace/name` → address).
+    pub fn new(services: HashMap<String, SocketAddr>) -> Self {
+        Self {
+            services: Arc::new(RwLock::new(services)),
+            ..Self::default()
+        }
+    }
+
     /// Runs the matching mutating webhooks for a pod being created.
     pub async fn admit_pod_create(
         &self,
@@ -212,20 +224,9 @@ impl Admission {
             .and_then(Value::as_u64)
             .unwrap_or(10)
             .clamp(1, 30);
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(timeout))
-            .no_proxy();
         let ca = str_at(&cc, &["caBundle"]);
-        if !ca.is_empty() {
-            let pem = base64::engine::general_purpose::STANDARD
-                .decode(ca)
-                .map_err(|e| CallError::Transport(format!("invalid caBundle: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| CallError::Transport(format!("invalid caBundle: {e}")))?;
-            builder = builder.tls_certs_only(certs);
-        }
-        let url = if let Some(u) = cc.get("url").and_then(Value::as_str) {
-            u.to_string()
+        let (url, resolve) = if let Some(u) = cc.get("url").and_then(Value::as_str) {
+            (u.to_string(), None)
         } else if let Some(svc) = cc.get("service") {
             let (ns, name) = (str_at(svc, &["namespace"]), str_at(svc, &["name"]));
             let key = format!("{ns}/{name}");
@@ -241,17 +242,48 @@ impl Admission {
                 ))
             })?;
             let host = format!("{name}.{ns}.svc");
-            builder = builder.resolve(&host, addr);
             let path = str_at(svc, &["path"]);
-            format!("https://{host}:{}{path}", addr.port())
+            let url = format!("https://{host}:{}{path}", addr.port());
+            (url, Some((host, addr)))
         } else {
             return Err(CallError::Transport(
                 "clientConfig has neither url nor service".into(),
             ));
         };
-        let client = builder
-            .build()
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let key = format!("{timeout} {resolve:?} {url} {ca}");
+        let cached = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                let mut builder = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(timeout))
+                    .no_proxy();
+                if !ca.is_empty() {
+                    let pem = base64::engine::general_purpose::STANDARD
+                        .decode(ca)
+                        .map_err(|e| CallError::Transport(format!("invalid caBundle: {e}")))?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                        .map_err(|e| CallError::Transport(format!("invalid caBundle: {e}")))?;
+                    builder = builder.tls_certs_only(certs);
+                }
+                if let Some((host, addr)) = &resolve {
+                    builder = builder.resolve(host, *addr);
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| CallError::Transport(e.to_string()))?;
+                self.clients
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, client.clone());
+                client
+            }
+        };
         let resp =
             client.post(&url).json(review).send().await.map_err(|e| {
                 CallError::Transport(format!("Post \"{url}\": {}", error_chain(&e)))

@@ -278,9 +278,7 @@ impl KubeDev {
             store.clone(),
             tokens.clone(),
         );
-        let admission = admission::Admission {
-            services: Arc::new(std::sync::RwLock::new(cfg.service_addresses.clone())),
-        };
+        let admission = admission::Admission::new(cfg.service_addresses.clone());
         let state = Arc::new(api::ApiState {
             store: store.clone(),
             admin_token: admin_token.clone(),
