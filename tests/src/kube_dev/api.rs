@@ -449,12 +449,14 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     ))
 }
 
-/// One line of a watch stream: `{"object":…,"type":…}` (keys in the order `json!` gave them).
+/// One line of a watch stream: `{"type":…,"object":…}`, the order of the API server's
+/// `metav1.WatchEvent`. Clients rely on it: kube's adjacently tagged `WatchEvent` decodes the
+/// object straight into its type when `type` comes first, and buffers all of it otherwise.
 #[derive(serde::Serialize)]
 struct WatchEvent<'a> {
-    object: &'a Value,
     #[serde(rename = "type")]
     kind: &'a str,
+    object: &'a Value,
 }
 
 fn watch_event(kind: &str, object: &Value) -> Bytes {
