@@ -32,6 +32,7 @@ use approle_testkit::harness::{self, ROLE, Stack, StackOptions, bin_path, wait_f
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -177,7 +178,9 @@ async fn run(
     let warm = stack.pod("warmup-0", json!({"vault-approle.io/role": ROLE}))?;
     stack.create(&warm).await?;
     stack
-        .wait_pod("warmup-0", "delivered", Duration::from_secs(60), delivered)
+        .wait_pod("warmup-0", "delivered", Duration::from_secs(60), |p| {
+            delivered(&p.metadata)
+        })
         .await?;
     delete_and_wait(stack, "", Some("warmup-0")).await?;
 
@@ -643,16 +646,40 @@ impl Floor {
 // ---------------------------------------------------------------------------------------------
 // Bursts
 
-fn delivered(p: &Pod) -> bool {
-    annotation(p, "vault-approle.io/status").as_deref() == Some("delivered")
+fn delivered(meta: &ObjectMeta) -> bool {
+    annotation(meta, "vault-approle.io/status").as_deref() == Some("delivered")
 }
 
-fn annotation(p: &Pod, key: &str) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .cloned()
+fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
+    meta.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+}
+
+/// A pod as the burst's watch reads it: its metadata only. Decoding every status update of a
+/// thousand whole `Pod`s cost the bench CPU that the measured processes share.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct PodMeta {
+    metadata: ObjectMeta,
+}
+
+impl k8s_openapi::Resource for PodMeta {
+    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for PodMeta {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// What one burst measured.
@@ -729,14 +756,15 @@ async fn run_burst(
     let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
     let watch_task = {
         let seen = seen.clone();
-        let stream = watcher(api.clone(), watcher::Config::default().labels(&selector))
+        let metas: Api<PodMeta> = Api::namespaced(stack.kube_client(), "default");
+        let stream = watcher(metas, watcher::Config::default().labels(&selector))
             .default_backoff()
             .applied_objects();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
                 let Ok(pod) = ev else { continue };
-                if delivered(&pod) {
+                if delivered(&pod.metadata) {
                     let now = Instant::now();
                     let count = {
                         let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -852,7 +880,7 @@ async fn run_burst(
         if std::fs::metadata(dir.join("token")).is_ok_and(|m| m.len() > 0) {
             r.tokens += 1;
         }
-        let accessor = annotation(p, "vault-approle.io/token-accessor");
+        let accessor = annotation(&p.metadata, "vault-approle.io/token-accessor");
         let json_accessor = std::fs::read_to_string(dir.join("token.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
@@ -1082,7 +1110,7 @@ async fn cache_phase(stack: &Stack, pids: &Pids, count: usize) -> anyhow::Result
             "cache-sentinel",
             "delivered",
             Duration::from_secs(120),
-            delivered,
+            |p| delivered(&p.metadata),
         )
         .await?;
     let rss_kib = stable_rss(pids.controller, Duration::from_secs(15)).await;
