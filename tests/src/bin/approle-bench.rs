@@ -999,25 +999,26 @@ fn init_exit(p: &Pod) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
-/// From the init container's start (its first log line, microsecond timestamps; kube-dev's
-/// `startedAt` has whole seconds only) to the token file's modification time.
+/// From the init container's start (its first log line; kube-dev's `startedAt` has whole
+/// seconds only) to its `token files written` line, logged right after the rename. Both are
+/// microsecond timestamps of one clock; the token file's mtime is not used: file times come from
+/// the kernel's coarse clock (a tick, 4 ms here, behind), which made fast deliveries look as if
+/// written before they started.
 fn init_to_token(stack: &Stack, pod: &Pod) -> Option<(Duration, Option<Duration>)> {
     let text = stack.init_log(pod)?;
     let stamp = |l: &str| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok();
+    let at = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .and_then(stamp)
+            .map(SystemTime::from)
+    };
     let started = SystemTime::from(text.lines().find_map(stamp)?);
-    let listening = text
-        .lines()
-        .find(|l| l.contains("listening on"))
-        .and_then(stamp)
-        .map(SystemTime::from);
-    let written = std::fs::metadata(stack.volume_dir(pod).join("token"))
-        .ok()?
-        .modified()
-        .ok()?;
+    let written = at("token files written")?;
     let total = written.duration_since(started).ok()?;
     Some((
         total,
-        listening.and_then(|l| l.duration_since(started).ok()),
+        at("listening on").and_then(|l| l.duration_since(started).ok()),
     ))
 }
 
