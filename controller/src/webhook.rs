@@ -327,6 +327,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     axum_server::from_tcp_rustls(listener, tls)?
+        // Small responses go out at once, not after the API server's delayed ACK (Nagle).
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle)
         .serve(router(state).into_make_service())
         .await

@@ -214,6 +214,8 @@ impl Server {
                 Some(finish) = finish_rx.recv() => return self.finished(finish),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // Answers go out at once, not after the peer's delayed ACK (Nagle).
+                        let _ = tcp.set_nodelay(true);
                         let (acceptor, state, finish_tx) =
                             (self.acceptor.clone(), self.state.clone(), finish_tx.clone());
                         tokio::spawn(

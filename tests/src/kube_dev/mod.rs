@@ -295,6 +295,10 @@ impl KubeDev {
             axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config.clone()),
         )
         .map_err(io_err("serve"))?
+        // TCP_NODELAY, as Go's net package sets on every connection of the real API server:
+        // watch events are small writes, and Nagle's algorithm held one back until the client's
+        // delayed ACK (up to 40 ms) whenever the one before was still unacknowledged.
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle.clone());
         let app = api::router(state);
         let task = tokio::spawn(server.serve(app.into_make_service()));

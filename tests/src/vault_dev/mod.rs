@@ -195,11 +195,13 @@ impl VaultDev {
         let mut tempdir = None;
         let (scheme, ca_pem, ca_path, task) = match &config.tls {
             Tls::Off => {
+                // TCP_NODELAY, like Go's net package under the real Vault.
                 let server = axum_server::from_tcp(listener)
                     .map_err(|source| Error::Bind {
                         addr: config.listen,
                         source,
                     })?
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new())
                     .handle(handle.clone());
                 let task = tokio::spawn(async move { server.serve(app).await });
                 ("http", None, None, task)
@@ -237,6 +239,7 @@ impl VaultDev {
                         addr: config.listen,
                         source,
                     })?
+                    .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                     .handle(handle.clone());
                 let task = tokio::spawn(async move { server.serve(app).await });
                 ("https", Some(material.ca_pem.clone()), Some(ca_path), task)
