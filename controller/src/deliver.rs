@@ -445,6 +445,12 @@ async fn deliver(
     .await
 }
 
+/// First wait after an init container did not answer, doubled on every retry up to a second.
+/// The kubelet reports it running when the process starts, a millisecond or so before it
+/// listens: the controller often connects first. A refused connection on the pod's IP costs
+/// little, and a lone pod waited 25 ms for the next try with the old first step.
+const FIRST_RETRY: Duration = Duration::from_millis(5);
+
 async fn push_until(
     ctx: &Context,
     pod: &Pod,
@@ -454,9 +460,7 @@ async fn push_until(
     deadline: Instant,
     verified: Session,
 ) -> PushOutcome {
-    // The init container starts listening milliseconds after kubelet reports it running: poll fast
-    // at first, then settle at one attempt a second.
-    let mut delay = Duration::from_millis(25);
+    let mut delay = FIRST_RETRY;
     let mut next = Some(verified);
     loop {
         // The first attempt uses the connection verified before the mint; a retry opens a new one
@@ -502,7 +506,7 @@ async fn open_until(
     port: u16,
     deadline: Instant,
 ) -> Result<Session, PushOutcome> {
-    let mut delay = Duration::from_millis(25);
+    let mut delay = FIRST_RETRY;
     loop {
         match identity::open_verified(&ctx.push, &ctx.client, pod, pod_ip, port).await {
             Ok(session) => return Ok(session),
