@@ -396,18 +396,8 @@ async fn deliver(
                 info!(token_accessor = %resp.token_accessor, lease_duration = resp.lease_duration, "delivered");
                 lock(&ctx.unrecorded)
                     .insert(pod.uid().unwrap_or_default(), resp.token_accessor.clone());
-                publish(
-                    ctx,
-                    pod,
-                    EventType::Normal,
-                    reason::DELIVERED,
-                    "Deliver",
-                    format!(
-                        "Vault token for role {role} delivered (accessor {}, expires {})",
-                        resp.token_accessor, resp.expires_at
-                    ),
-                )
-                .await;
+                publish_delivered(ctx, pod, role, &resp.token_accessor, Some(&resp.expires_at))
+                    .await;
                 record_delivery(ctx, pod, Some(&resp.token_accessor)).await?;
                 return Ok(Action::await_change());
             }
@@ -704,15 +694,7 @@ async fn recover_delivery(ctx: &Context, pod: &Pod, accessor: &str) -> Result<()
                 .get(approle_shared::annotations::ROLE)
                 .cloned()
                 .unwrap_or_default();
-            publish(
-                ctx,
-                pod,
-                EventType::Normal,
-                reason::DELIVERED,
-                "Deliver",
-                format!("Vault token for role {role} delivered (accessor {accessor})"),
-            )
-            .await;
+            publish_delivered(ctx, pod, &role, accessor, None).await;
         }
         Ok(_) => debug!("the delivering replica published the Event already"),
         Err(e) => {
@@ -721,6 +703,34 @@ async fn recover_delivery(ctx: &Context, pod: &Pod, accessor: &str) -> Result<()
     }
     ctx.admin.metrics.outcome("recovered");
     record_delivery(ctx, pod, Some(accessor)).await
+}
+
+/// The `SecretIdDelivered` Event: the role, the token's accessor and, when the push answer
+/// gave it, the token's expiry.
+async fn publish_delivered(
+    ctx: &Context,
+    pod: &Pod,
+    role: &str,
+    accessor: &str,
+    expires_at: Option<&str>,
+) {
+    let note = match expires_at {
+        Some(expires) => {
+            format!(
+                "Vault token for role {role} delivered (accessor {accessor}, expires {expires})"
+            )
+        }
+        None => format!("Vault token for role {role} delivered (accessor {accessor})"),
+    };
+    publish(
+        ctx,
+        pod,
+        EventType::Normal,
+        reason::DELIVERED,
+        "Deliver",
+        note,
+    )
+    .await;
 }
 
 /// Publishes an Event about `pod` (notes cut to 1 kB); failures are logged, never fatal.
