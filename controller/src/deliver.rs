@@ -37,7 +37,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
-use tracing::{debug, info, instrument, warn};
+use tracing::{Instrument as _, debug, info, instrument, warn};
 
 use crate::admin::Admin;
 use crate::decide::{Decision, STATUS_DELIVERED, decide, still_wants_delivery};
@@ -250,7 +250,21 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             if let Some(action) = crate::redeliver::gate(&ctx, &pod).await {
                 return Ok(action);
             }
-            deliver(&ctx, &pod, &spec, pod_ip).await
+            // The delivery runs as a task of its own: kube's controller polls every reconcile
+            // on one task, so the TLS handshakes and Vault calls of many deliveries would share
+            // one core. The reconcile still waits for it (one reconcile per pod at a time).
+            let task = tokio::spawn(
+                async move { deliver(&ctx, &pod, &spec, pod_ip).await }
+                    .instrument(tracing::Span::current()),
+            );
+            match task.await {
+                Ok(result) => result,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled: the runtime is shutting down.
+                    Err(_) => Ok(Action::await_change()),
+                },
+            }
         }
     }
 }
