@@ -59,6 +59,7 @@ use approle_shared::tls;
 use approle_shared::vault::{Vault, VaultConfig};
 use clap::Parser;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info, warn};
 
@@ -160,9 +161,12 @@ async fn main() -> anyhow::Result<()> {
     ));
     info!(%addr, path = webhook::MUTATE_PATH, "webhook listening");
 
-    let pods: Api<Pod> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let (pods, pod_metas): (Api<Pod>, Api<PartialObjectMeta<Pod>>) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let instance = args
         .instance
@@ -201,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let delivery = term::Delivery {
         pods,
+        pod_metas,
         concurrency: args.concurrency,
         vault: vault.clone(),
         auth: auth.clone(),

@@ -4,7 +4,9 @@
 //!
 //! A separate watch of managed pods feeds this, not a finalizer: a finalizer would block every pod
 //! deletion while the controller is down. What this cannot see (a pod deleted while no controller
-//! runs) still ends by the token's own TTL.
+//! runs) still ends by the token's own TTL. The watch asks for metadata only
+//! (`PartialObjectMetadata`): name, namespace and the accessor annotation are all it reads, so the
+//! API server sends, and the controller decodes, a fraction of each pod change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use approle_shared::annotations::TOKEN_ACCESSOR;
 use approle_shared::vault::{Destroyed, Vault};
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use tracing::{info, warn};
 
@@ -22,7 +25,7 @@ use crate::vault_auth::VaultAuth;
 
 /// Consumes watch events and revokes the token of every deleted pod that has one.
 pub async fn run(
-    events: impl Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
+    events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Pod>>, watcher::Error>>,
     vault: Vault,
     auth: Arc<VaultAuth>,
     admin: Arc<Admin>,
@@ -44,7 +47,13 @@ pub async fn run(
     }
 }
 
-async fn revoke(pod: &Pod, accessor: &str, vault: &Vault, auth: &VaultAuth, admin: &Admin) {
+async fn revoke(
+    pod: &PartialObjectMeta<Pod>,
+    accessor: &str,
+    vault: &Vault,
+    auth: &VaultAuth,
+    admin: &Admin,
+) {
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     // A few quick attempts ride out a Vault hiccup; after that the token's TTL ends it anyway.
     for attempt in 1..=3u32 {

@@ -22,6 +22,7 @@ use approle_shared::vault::Vault;
 use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -38,6 +39,8 @@ use crate::{deliver, orphans, revoke};
 pub struct Delivery<F> {
     /// Where the pods are watched.
     pub pods: Api<Pod>,
+    /// The same pods as metadata only, for the revocation watch.
+    pub pod_metas: Api<PartialObjectMeta<Pod>>,
     /// Pods delivered at the same time.
     pub concurrency: u16,
     /// Vault, for the revocation watch and the orphan sweep.
@@ -89,7 +92,7 @@ where
     sweep(d).await;
     let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
     let revoking = tokio::spawn(revoke::run(
-        watcher::watcher(d.pods.clone(), watch.clone())
+        watcher::watcher(d.pod_metas.clone(), watch.clone())
             .default_backoff()
             .take_until(revoke_ended),
         d.vault.clone(),

@@ -11,6 +11,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
@@ -371,12 +372,10 @@ async fn raw_watch_reports_added_modified_deleted_in_order() {
     );
 }
 
-#[tokio::test]
-async fn runtime_watcher_sees_apply_and_delete() {
-    let (_kd, client) = start().await;
-    let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
-    // The initial list completes before anything is created.
+/// Reads a `kube::runtime::watcher` stream up to the end of its initial list.
+async fn init_done<K>(
+    events: &mut (impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin),
+) {
     tokio::time::timeout(DEADLINE, async {
         while let Some(ev) = events.try_next().await.expect("watcher") {
             if matches!(ev, watcher::Event::InitDone) {
@@ -386,6 +385,15 @@ async fn runtime_watcher_sees_apply_and_delete() {
     })
     .await
     .expect("init done");
+}
+
+#[tokio::test]
+async fn runtime_watcher_sees_apply_and_delete() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut events = watcher(pods.clone(), watcher::Config::default()).boxed();
+    // The initial list completes before anything is created.
+    init_done(&mut events).await;
     pods.create(&PostParams::default(), &pod("seen-0", json!({})))
         .await
         .expect("create");
@@ -419,6 +427,80 @@ async fn runtime_watcher_sees_apply_and_delete() {
     .await
     .expect("watcher sees the pod come and go");
     assert!(applied && deleted);
+}
+
+#[tokio::test]
+async fn metadata_clients_get_list_and_watch_partial_object_metadata() {
+    let (_kd, client) = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let metas: Api<PartialObjectMeta<Pod>> = Api::default_namespaced(client.clone());
+    let mut events = watcher(metas.clone(), watcher::Config::default().labels("app=meta")).boxed();
+    init_done(&mut events).await;
+    let mut p = pod("meta-0", json!({"app": "meta"}));
+    p.annotations_mut().insert("note".into(), "kept".into());
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create");
+
+    // GET and LIST answer metadata only, in the meta.k8s.io/v1 kinds.
+    let got = metas.get("meta-0").await.expect("get metadata");
+    assert_eq!(
+        got.annotations().get("note").map(String::as_str),
+        Some("kept")
+    );
+    let types = got.types.clone().expect("kind and apiVersion");
+    assert_eq!(
+        (types.kind.as_str(), types.api_version.as_str()),
+        ("PartialObjectMetadata", "meta.k8s.io/v1")
+    );
+    let raw: serde_json::Value = client
+        .request(
+            http::Request::get("/api/v1/namespaces/default/pods/meta-0")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+                )
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("raw get");
+    assert!(
+        raw.get("spec").is_none() && raw.get("status").is_none(),
+        "{raw}"
+    );
+    let listed = metas
+        .list_metadata(&ListParams::default().labels("app=meta"))
+        .await
+        .expect("list metadata");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].name_any(), "meta-0");
+
+    // The watch sees the pod's metadata come and go.
+    pods.delete("meta-0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = events.try_next().await.expect("watcher") {
+            match ev {
+                watcher::Event::Apply(m) => seen.push(format!("apply {}", m.name_any())),
+                watcher::Event::Delete(m) => {
+                    assert_eq!(
+                        m.annotations().get("note").map(String::as_str),
+                        Some("kept")
+                    );
+                    seen.push(format!("delete {}", m.name_any()));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the watch sees the deletion");
+    assert_eq!(seen.first().map(String::as_str), Some("apply meta-0"));
+    assert_eq!(seen.last().map(String::as_str), Some("delete meta-0"));
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -654,34 +655,6 @@ fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref().and_then(|a| a.get(key)).cloned()
 }
 
-/// A pod as the burst's watch reads it: its metadata only. Decoding every status update of a
-/// thousand whole `Pod`s cost the bench CPU that the measured processes share.
-#[derive(Clone, Debug, serde::Deserialize)]
-struct PodMeta {
-    metadata: ObjectMeta,
-}
-
-impl k8s_openapi::Resource for PodMeta {
-    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
-    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
-    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
-    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
-    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for PodMeta {
-    type Ty = ObjectMeta;
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 /// What one burst measured.
 #[derive(Debug, Default)]
 struct BurstResult {
@@ -756,7 +729,9 @@ async fn run_burst(
     let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
     let watch_task = {
         let seen = seen.clone();
-        let metas: Api<PodMeta> = Api::namespaced(stack.kube_client(), "default");
+        // Metadata only (`PartialObjectMetadata`): the status annotation is all the watch reads,
+        // and decoding a thousand whole pods' every update cost CPU the measured processes share.
+        let metas: Api<PartialObjectMeta<Pod>> = Api::namespaced(stack.kube_client(), "default");
         let stream = watcher(metas, watcher::Config::default().labels(&selector))
             .default_backoff()
             .applied_objects();

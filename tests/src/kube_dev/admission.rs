@@ -38,7 +38,13 @@ pub struct Admission {
     /// its open connections, as the API server keeps its webhook clients: not a TLS handshake
     /// per admission call.
     clients: Arc<std::sync::Mutex<HashMap<String, reqwest::Client>>>,
+    /// matchCondition expressions compiled once, as the API server compiles them when the
+    /// configuration is loaded, not on every admission call.
+    programs: Programs,
 }
+
+/// Compiled CEL programs by expression text.
+type Programs = Arc<std::sync::Mutex<HashMap<String, Arc<cel::Program>>>>;
 
 /// The result of admission.
 #[derive(Debug, Default)]
@@ -75,15 +81,36 @@ fn rule_matches(rule: &Value) -> bool {
 }
 
 /// Evaluates `matchConditions`: all must be true; an evaluation error is a call error.
-fn match_conditions(hook: &Value, vars: &[(&str, &Value)]) -> Result<bool, String> {
+fn match_conditions(
+    programs: &Programs,
+    hook: &Value,
+    vars: &[(&str, &Value)],
+) -> Result<bool, String> {
     let Some(conds) = hook.get("matchConditions").and_then(Value::as_array) else {
         return Ok(true);
     };
     for c in conds {
         let name = str_at(c, &["name"]);
         let expr = str_at(c, &["expression"]);
-        let program = cel::Program::compile(expr)
-            .map_err(|e| format!("compilation failed for matchCondition {name:?}: {e}"))?;
+        let cached = programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(expr)
+            .cloned();
+        let program = match cached {
+            Some(p) => p,
+            None => {
+                let p =
+                    Arc::new(cel::Program::compile(expr).map_err(|e| {
+                        format!("compilation failed for matchCondition {name:?}: {e}")
+                    })?);
+                programs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(expr.to_owned(), p.clone());
+                p
+            }
+        };
         let mut ctx = cel::Context::default();
         for (k, v) in vars {
             ctx.add_variable(*k, *v)
@@ -158,6 +185,7 @@ impl Admission {
                 };
                 let request_vars = request["request"].clone();
                 match match_conditions(
+                    &self.programs,
                     &hook,
                     &[
                         ("object", &current),
@@ -402,10 +430,19 @@ mod tests {
             "expression": "has(object.metadata.annotations) && 'vault-approle.io/role' in object.metadata.annotations"}]});
         let yes = json!({"metadata": {"annotations": {"vault-approle.io/role": "web"}}});
         let no = json!({"metadata": {"labels": {"a": "b"}}});
-        assert_eq!(match_conditions(&hook, &[("object", &yes)]), Ok(true));
-        assert_eq!(match_conditions(&hook, &[("object", &no)]), Ok(false));
+        let programs = Programs::default();
+        assert_eq!(
+            match_conditions(&programs, &hook, &[("object", &yes)]),
+            Ok(true)
+        );
+        assert_eq!(
+            match_conditions(&programs, &hook, &[("object", &no)]),
+            Ok(false)
+        );
+        // Compiled once, used again.
+        assert_eq!(programs.lock().expect("lock").len(), 1);
         let bad = json!({"matchConditions": [{"name": "x", "expression": "1 +"}]});
-        assert!(match_conditions(&bad, &[("object", &yes)]).is_err());
+        assert!(match_conditions(&programs, &bad, &[("object", &yes)]).is_err());
     }
 
     #[test]

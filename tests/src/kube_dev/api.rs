@@ -8,8 +8,10 @@
 //!                                                         └▶ admission (pods, on create)
 //! ```
 //!
-//! Objects are stored in one shape per storage and presented per resource (see `events`).
-//! Errors are `Status` objects (see `status`).
+//! Objects are stored in one shape per storage and presented per resource (see `events`), or,
+//! as the real server answers `Accept: …;as=Table` and `…;as=PartialObjectMetadata[List]`, as a
+//! `Table` (kubectl) or metadata only (kube's `Api<PartialObjectMeta<K>>`, client-go's metadata
+//! informers) for get, list and watch. Errors are `Status` objects (see `status`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::admission::Admission;
 use super::events;
@@ -108,11 +110,31 @@ impl Req {
     }
 
     fn wants_table(&self) -> bool {
+        self.accept().contains("as=Table")
+    }
+
+    /// The metadata client's `Accept: application/json;as=PartialObjectMetadata[List];
+    /// g=meta.k8s.io;v=v1`: objects are answered as `PartialObjectMetadata`, metadata only.
+    fn wants_metadata(&self) -> bool {
+        let a = self.accept();
+        a.contains("as=PartialObjectMetadata") && a.contains("g=meta.k8s.io")
+    }
+
+    fn accept(&self) -> &str {
         self.headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("as=Table"))
+            .unwrap_or_default()
     }
+}
+
+/// An object as `meta.k8s.io/v1` `PartialObjectMetadata`.
+fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -372,6 +394,9 @@ fn get(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
             &table::table(r.def, &[v.into_owned()], &rv, &r.query),
         ));
     }
+    if r.wants_metadata() {
+        return Ok(json_response(StatusCode::OK, &partial_metadata(&v)));
+    }
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -426,6 +451,17 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         return Ok(json_response(
             StatusCode::OK,
             &table::table(r.def, &items, &rv.to_string(), &r.query),
+        ));
+    }
+    if r.wants_metadata() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": rv.to_string()},
+                "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+            }),
         ));
     }
     let items: Vec<Value> = items
@@ -483,6 +519,7 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         .get("sendInitialEvents")
         .is_some_and(|v| v == "true");
     let table = r.wants_table();
+    let metadata = !table && r.wants_metadata();
     let rv = r.query.get("resourceVersion").cloned().unwrap_or_default();
     // The real server picks a random timeout between 30 and 60 minutes when none is given.
     let timeout = r
@@ -501,6 +538,7 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let start = st.store.watch(r.def.storage, from);
+    let store = st.store.clone();
     let interval = st.bookmark_interval;
     let def = r.def;
     let query = r.query.clone();
@@ -525,6 +563,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 let obj = obj.into_owned();
                 let t = table::table(def, std::slice::from_ref(&obj), rv_of(&obj), &query);
                 watch_event(kind, &t)
+            } else if metadata {
+                watch_event(kind, &partial_metadata(&obj))
             } else {
                 watch_event(kind, &obj)
             }
@@ -536,12 +576,30 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
             if table {
                 return Some(encode(kind, obj));
             }
-            let key = EncodingKey {
-                group: def.group,
-                version: def.version,
-                event: kind,
+            // Metadata is the same whichever group presents the object.
+            let key = if metadata {
+                EncodingKey {
+                    group: "meta.k8s.io",
+                    version: "v1",
+                    event: kind,
+                }
+            } else {
+                EncodingKey {
+                    group: def.group,
+                    version: def.version,
+                    event: kind,
+                }
             };
-            Some(c.encoded(key, || watch_event(kind, &obj)))
+            // The object as stored (not converted to another shape): its JSON in this event
+            // is what the store keeps once every stream has read the change.
+            let as_stored = !table && !metadata && matches!(obj, Cow::Borrowed(_));
+            Some(c.encoded(key, || {
+                let event = encode(kind, obj);
+                if as_stored {
+                    c.encoded_as_stored(kind, &event);
+                }
+                event
+            }))
         };
         let mut last_rv = start.start_rv;
         if let Some((items, snap_rv)) = start.snapshot {
@@ -587,29 +645,29 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                         return;
                     }
                 }
-                msg = rx.recv() => match msg {
-                    Ok(c) => {
-                        if c.rv <= last_rv {
-                            continue;
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let (changes, head) = match store.since(def.storage, last_rv) {
+                        Ok(next) => next,
+                        Err(too_old) => {
+                            // This stream fell out of the history window: like the watch
+                            // cache, end it with 410 so the client re-lists.
+                            let _ = tx.send(too_old_event(too_old.requested, too_old.oldest)).await;
+                            return;
                         }
-                        last_rv = c.rv;
-                        if c.storage != def.storage {
-                            continue;
-                        }
-                        if let Some(event) = change_event(&c)
+                    };
+                    for c in &changes {
+                        if let Some(event) = change_event(c)
                             && tx.send(event).await.is_err()
                         {
                             return;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // This watcher fell out of the window: like the watch cache, end it
-                        // with 410 so the client re-lists.
-                        let _ = tx.send(too_old_event(last_rv, last_rv + 1)).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+                    last_rv = last_rv.max(head);
+                    start.cursor.advance(last_rv);
+                }
             }
         }
     });

@@ -9,20 +9,29 @@
 //!
 //! ```text
 //!   write (create/update/delete) ──lock──▶ objects + rv += 1 ──▶ history (last N changes)
-//!                                                   └─────────▶ broadcast ──▶ watch streams
+//!                                                   ├─────────▶ head rv ──▶ watch streams read
+//!                                                   │                       the history after
+//!                                                   │                       their own rv
 //!                                                   └─────────▶ observers (kubelet, unbounded)
 //! ```
 //!
-//! A watch from resourceVersion `N` replays the history after `N` and then follows the broadcast;
-//! if `N` is older than the history window the watch gets `410 Expired`, as from etcd compaction.
+//! The history is the watch streams' only buffer, as the real server's watch cache is: a stream
+//! is woken with the new head rv and reads the changes after its own. A watch from
+//! resourceVersion `N`, or a stream that fell that far behind, gets `410 Expired` once `N` is
+//! older than the history window, as from etcd compaction. A change stays as committed until
+//! every live stream has read it (each stream's [`Cursor`]), or until [`MAX_HOT`] newer changes
+//! came; after that it is kept as JSON, parsed again in the rare case a new watch replays it
+//! (a `Value` pod takes about seven times its JSON's size, and a window of ten thousand of them
+//! made the store's memory grow by half a megabyte per pod).
 //! The lock is a `std::sync::Mutex` never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use super::util::{metadata_mut, name_of, namespace_of, rv_of};
 
@@ -66,6 +75,8 @@ pub struct Change {
     /// Watch events already encoded for this change, shared by every watcher that wants the
     /// same shape (see [`Change::encoded`]).
     encoded: Mutex<Vec<(EncodingKey, Bytes)>>,
+    /// The object's JSON, when a watch event encoded it as stored (a slice of that event).
+    verbatim: std::sync::OnceLock<Bytes>,
 }
 
 /// What an encoded watch event of a change depends on besides the change itself.
@@ -96,6 +107,18 @@ impl Change {
             object,
             old,
             encoded: Mutex::new(Vec::new()),
+            verbatim: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records that `event`, a watch event of type `kind`, holds this change's object exactly as
+    /// stored, so that keeping the change as JSON later costs no encoding.
+    pub fn encoded_as_stored(&self, kind: &str, event: &Bytes) {
+        let prefix = format!(r#"{{"type":"{kind}","object":"#);
+        if event.starts_with(prefix.as_bytes()) && event.ends_with(b"}\n") {
+            let _ = self
+                .verbatim
+                .set(event.slice(prefix.len()..event.len() - 2));
         }
     }
 
@@ -129,22 +152,44 @@ pub struct WatchStart {
     pub snapshot: Option<(Vec<Arc<Value>>, u64)>,
     /// History replay (for watches from a given rv).
     pub replay: Vec<Arc<Change>>,
-    /// Subsequent changes.
-    pub rx: broadcast::Receiver<Arc<Change>>,
+    /// The head resourceVersion after each commit: read the changes since with [`Store::since`].
+    pub rx: watch::Receiver<u64>,
     /// The rv the stream is known to be current at.
     pub start_rv: u64,
+    /// How far this stream has read: advance it as changes are sent.
+    pub cursor: Cursor,
+}
+
+/// How far a live watch stream has read the history. Dropping it ends the stream's claim.
+#[derive(Debug)]
+pub struct Cursor(Arc<AtomicU64>);
+
+impl Cursor {
+    /// Everything up to `rv` has been read.
+    pub fn advance(&self, rv: u64) {
+        self.0.fetch_max(rv, Ordering::Relaxed);
+    }
 }
 
 type Key = (String, String);
+
+/// Storage, namespace and name.
+type ObjectKey = (&'static str, String, String);
 
 #[derive(Debug)]
 struct Inner {
     rv: u64,
     objects: HashMap<&'static str, BTreeMap<Key, Arc<Value>>>,
-    history: VecDeque<Arc<Change>>,
+    history: VecDeque<Past>,
     history_cap: usize,
     /// Every change with rv > floor is still in `history`.
     floor: u64,
+    /// The first `cooled` changes of `history` are kept as JSON.
+    cooled: usize,
+    /// The latest JSON kept of each object (see [`Past::cool`]).
+    last_json: HashMap<ObjectKey, (u64, Bytes)>,
+    /// Live watch streams' cursors.
+    cursors: Vec<Weak<AtomicU64>>,
     observers: Vec<(&'static str, mpsc::UnboundedSender<Arc<Change>>)>,
 }
 
@@ -152,7 +197,96 @@ struct Inner {
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<Arc<Change>>,
+    head: watch::Sender<u64>,
+}
+
+/// At most this many of the newest changes are kept as committed (objects shared, encodings
+/// cached), however far behind a live watch stream is.
+pub const MAX_HOT: usize = 4096;
+
+/// A change in the history.
+#[derive(Debug)]
+enum Past {
+    Hot(Arc<Change>),
+    /// An older change as JSON (see the module docs).
+    Cold {
+        rv: u64,
+        storage: &'static str,
+        namespace: String,
+        kind: ChangeKind,
+        object: Bytes,
+        old: Option<Bytes>,
+    },
+}
+
+impl Past {
+    fn rv(&self) -> u64 {
+        match self {
+            Past::Hot(c) => c.rv,
+            Past::Cold { rv, .. } => *rv,
+        }
+    }
+
+    fn storage(&self) -> &'static str {
+        match self {
+            Past::Hot(c) => c.storage,
+            Past::Cold { storage, .. } => storage,
+        }
+    }
+
+    /// Keeps the change as JSON. `last` holds each object's latest JSON kept so: the object
+    /// before this change is usually there already (same resourceVersion), and is shared.
+    fn cool(&mut self, last: &mut HashMap<ObjectKey, (u64, Bytes)>) {
+        let Past::Hot(c) = self else { return };
+        let json = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+        let key = (
+            c.storage,
+            c.namespace.clone(),
+            name_of(&c.object).to_owned(),
+        );
+        let old = c.old.as_deref().map(|o| match last.get(&key) {
+            Some((rv, b)) if rv_of(o).parse::<u64>() == Ok(*rv) => b.clone(),
+            _ => json(o),
+        });
+        let object = c.verbatim.get().cloned().unwrap_or_else(|| json(&c.object));
+        if c.kind == ChangeKind::Deleted {
+            last.remove(&key);
+        } else {
+            last.insert(key, (c.rv, object.clone()));
+        }
+        *self = Past::Cold {
+            rv: c.rv,
+            storage: c.storage,
+            namespace: c.namespace.clone(),
+            kind: c.kind,
+            object,
+            old,
+        };
+    }
+
+    fn change(&self) -> Arc<Change> {
+        match self {
+            Past::Hot(c) => c.clone(),
+            Past::Cold {
+                rv,
+                storage,
+                namespace,
+                kind,
+                object,
+                old,
+            } => {
+                let parse = |b: &Bytes| Arc::new(serde_json::from_slice(b).unwrap_or_default());
+                Arc::new(Change::new(
+                    *rv,
+                    storage,
+                    namespace.clone(),
+                    *kind,
+                    parse(object),
+                    old.as_ref().map(parse),
+                ))
+            }
+        }
+    }
 }
 
 /// `create` found an object of that name already.
@@ -172,9 +306,6 @@ pub enum Update {
 impl Store {
     /// An empty store keeping the last `history_cap` changes for watches.
     pub fn new(history_cap: usize) -> Self {
-        // Watchers that fall this far behind get a 410 and re-list, like a real server whose
-        // watch cache overflows; generous so that only the history window test triggers it.
-        let (tx, _) = broadcast::channel(8192);
         Self {
             inner: Mutex::new(Inner {
                 rv: 0,
@@ -182,9 +313,12 @@ impl Store {
                 history: VecDeque::new(),
                 history_cap: history_cap.max(1),
                 floor: 0,
+                cooled: 0,
+                last_json: HashMap::new(),
+                cursors: Vec::new(),
                 observers: Vec::new(),
             }),
-            tx,
+            head: watch::Sender::new(0),
         }
     }
 
@@ -235,14 +369,17 @@ impl Store {
             .unwrap_or_default()
     }
 
-    fn commit(inner: &mut Inner, tx: &broadcast::Sender<Arc<Change>>, change: Change) {
+    fn commit(inner: &mut Inner, head: &watch::Sender<u64>, change: Change) {
         let change = Arc::new(change);
-        inner.history.push_back(change.clone());
+        let rv = change.rv;
+        inner.history.push_back(Past::Hot(change.clone()));
         while inner.history.len() > inner.history_cap {
             if let Some(old) = inner.history.pop_front() {
-                inner.floor = old.rv;
+                inner.floor = old.rv();
+                inner.cooled = inner.cooled.saturating_sub(1);
             }
         }
+        Self::cool_read(inner);
         inner.observers.retain(|(storage, otx)| {
             if *storage == change.storage {
                 otx.send(change.clone()).is_ok()
@@ -251,7 +388,27 @@ impl Store {
             }
         });
         // No receivers is fine (nobody watching).
-        let _ = tx.send(change);
+        head.send_replace(rv);
+    }
+
+    /// Keeps as JSON the changes every live stream has read, and those beyond [`MAX_HOT`].
+    fn cool_read(inner: &mut Inner) {
+        inner.cursors.retain(|c| c.strong_count() > 0);
+        let read_by_all = inner
+            .cursors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        let len = inner.history.len();
+        while let Some(past) = inner.history.get_mut(inner.cooled) {
+            if len - inner.cooled <= MAX_HOT && past.rv() > read_by_all {
+                break;
+            }
+            past.cool(&mut inner.last_json);
+            inner.cooled += 1;
+        }
     }
 
     fn set_rv(obj: &mut Value, rv: u64) {
@@ -293,7 +450,7 @@ impl Store {
             .insert(key, obj.clone());
         Self::commit(
             &mut inner,
-            &self.tx,
+            &self.head,
             Change::new(rv, storage, namespace, ChangeKind::Added, obj.clone(), None),
         );
         Ok(obj)
@@ -342,7 +499,7 @@ impl Store {
                     .insert(key, new.clone());
                 Self::commit(
                     &mut inner,
-                    &self.tx,
+                    &self.head,
                     Change::new(
                         rv,
                         storage,
@@ -359,7 +516,7 @@ impl Store {
                     return Ok(Some((Arc::new(last), ChangeKind::Deleted)));
                 }
                 Ok(
-                    Self::remove_locked(&mut inner, &self.tx, storage, key, last)
+                    Self::remove_locked(&mut inner, &self.head, storage, key, last)
                         .map(|v| (v, ChangeKind::Deleted)),
                 )
             }
@@ -368,7 +525,7 @@ impl Store {
 
     fn remove_locked(
         inner: &mut Inner,
-        tx: &broadcast::Sender<Arc<Change>>,
+        head: &watch::Sender<u64>,
         storage: &'static str,
         key: Key,
         mut last: Value,
@@ -380,7 +537,7 @@ impl Store {
         let last = Arc::new(last);
         Self::commit(
             inner,
-            tx,
+            head,
             Change::new(
                 rv,
                 storage,
@@ -412,46 +569,56 @@ impl Store {
         // The last state is the current object with the deletion's rv: one copy, because the
         // stored `Arc` becomes the change's `old`.
         let current = Value::clone(current);
-        Self::remove_locked(&mut inner, &self.tx, storage, key, current)
+        Self::remove_locked(&mut inner, &self.head, storage, key, current)
+    }
+
+    /// The changes of `storage` after resourceVersion `after`, oldest first, and the head
+    /// resourceVersion they bring a stream up to; `TooOld` once `after` left the history.
+    pub fn since(&self, storage: &str, after: u64) -> Result<(Vec<Arc<Change>>, u64), TooOld> {
+        let inner = self.lock();
+        Ok((Self::since_locked(&inner, storage, after)?, inner.rv))
+    }
+
+    fn since_locked(inner: &Inner, storage: &str, after: u64) -> Result<Vec<Arc<Change>>, TooOld> {
+        if after < inner.floor {
+            return Err(TooOld {
+                requested: after,
+                oldest: inner.floor + 1,
+            });
+        }
+        // resourceVersions grow along the history.
+        let first = inner.history.partition_point(|p| p.rv() <= after);
+        Ok(inner
+            .history
+            .range(first..)
+            .filter(|p| p.storage() == storage)
+            .map(Past::change)
+            .collect())
     }
 
     /// Starts a watch. `from`: `None` = from now with the current objects as a snapshot;
     /// `Some(n)` = replay every change after `n`.
     pub fn watch(&self, storage: &str, from: Option<u64>) -> Result<WatchStart, TooOld> {
-        let inner = self.lock();
-        let rx = self.tx.subscribe();
-        match from {
-            None => {
-                let items = Self::list_locked(&inner, storage, None);
-                Ok(WatchStart {
-                    snapshot: Some((items, inner.rv)),
-                    replay: Vec::new(),
-                    rx,
-                    start_rv: inner.rv,
-                })
-            }
-            Some(n) => {
-                if n < inner.floor {
-                    return Err(TooOld {
-                        requested: n,
-                        oldest: inner.floor + 1,
-                    });
-                }
-                let replay = inner
-                    .history
-                    .iter()
-                    .filter(|c| c.rv > n && c.storage == storage)
-                    .cloned()
-                    .collect();
-                Ok(WatchStart {
-                    snapshot: None,
-                    replay,
-                    rx,
-                    // The replay covers every change up to now, whatever its storage.
-                    start_rv: n.max(inner.rv),
-                })
-            }
-        }
+        let mut inner = self.lock();
+        let rx = self.head.subscribe();
+        let (snapshot, replay) = match from {
+            None => (
+                Some((Self::list_locked(&inner, storage, None), inner.rv)),
+                Vec::new(),
+            ),
+            Some(n) => (None, Self::since_locked(&inner, storage, n)?),
+        };
+        // The snapshot or the replay covers every change up to now, whatever its storage.
+        let start_rv = from.unwrap_or(0).max(inner.rv);
+        let cursor = Arc::new(AtomicU64::new(start_rv));
+        inner.cursors.push(Arc::downgrade(&cursor));
+        Ok(WatchStart {
+            snapshot,
+            replay,
+            rx,
+            start_rv,
+            cursor: Cursor(cursor),
+        })
     }
 }
 
@@ -498,8 +665,12 @@ mod tests {
         let s = Store::new(10);
         let mut w = s.watch("pods", None).unwrap();
         let created = s.create("pods", obj("d", "a"), false).unwrap();
-        let c = w.rx.try_recv().unwrap();
-        // The history, the broadcast and the caller hold one object, not copies.
+        assert!(w.rx.has_changed().unwrap());
+        assert_eq!(*w.rx.borrow_and_update(), 1);
+        let (changes, head) = s.since("pods", w.start_rv).unwrap();
+        assert_eq!((changes.len(), head), (1, 1));
+        let c = &changes[0];
+        // The store, the history and the caller hold one object, not copies.
         assert!(Arc::ptr_eq(&c.object, &created));
         let key = |event| EncodingKey {
             group: "",
@@ -546,5 +717,125 @@ mod tests {
         );
         let w = s.watch("pods", Some(3)).unwrap();
         assert_eq!(w.replay.len(), 2);
+        // A stream that fell behind the window gets the same answer.
+        assert_eq!(
+            s.since("pods", 1).unwrap_err(),
+            TooOld {
+                requested: 1,
+                oldest: 4
+            }
+        );
+    }
+
+    #[test]
+    fn changes_every_stream_read_are_kept_as_json_and_replay_the_same() {
+        let n = 50u64;
+        let s = Store::new(1000);
+        s.create("leases", obj("d", "l"), false).unwrap();
+        s.create("pods", obj("d", "a"), false).unwrap();
+        // A live stream that has read up to rv 2 keeps what came after it as committed.
+        let w = s.watch("pods", None).unwrap();
+        assert_eq!(w.start_rv, 2);
+        for i in 0..n {
+            s.update::<()>("pods", "d", "a", false, |cur| {
+                let mut p = cur.clone();
+                p["spec"] = json!({"step": i});
+                Ok(Update::Put(p))
+            })
+            .unwrap();
+        }
+        let hot = |s: &Store| {
+            s.lock()
+                .history
+                .iter()
+                .filter(|p| matches!(p, Past::Hot(_)))
+                .count()
+        };
+        assert_eq!(hot(&s), n as usize);
+        // Once it has read them, the next commit keeps them as JSON; so does its end.
+        w.cursor.advance(n + 2);
+        s.delete("pods", "d", "a", None).unwrap();
+        assert_eq!(hot(&s), 1);
+        drop(w);
+        s.create("pods", obj("d", "b"), false).unwrap();
+        assert_eq!(hot(&s), 0);
+        // A watch from rv 1 replays the create, n updates and the delete from their JSON, in
+        // order, each with the object it committed and the one before it.
+        let (changes, head) = s.since("pods", 1).unwrap();
+        assert_eq!(head, n + 4);
+        assert_eq!(changes.len() as u64, n + 3);
+        assert_eq!(changes[0].kind, ChangeKind::Added);
+        assert!(changes[0].old.is_none());
+        for (i, c) in changes.iter().enumerate().skip(1).take(n as usize) {
+            assert_eq!(c.kind, ChangeKind::Modified);
+            assert_eq!(c.rv, i as u64 + 2);
+            assert_eq!(c.object["spec"]["step"], json!(i - 1));
+            assert_eq!(
+                c.object["metadata"]["resourceVersion"],
+                json!(c.rv.to_string())
+            );
+            let before = c.old.as_deref().unwrap();
+            assert_eq!(
+                before["metadata"]["resourceVersion"],
+                json!((c.rv - 1).to_string())
+            );
+        }
+        let deleted = &changes[n as usize + 1];
+        assert_eq!(deleted.kind, ChangeKind::Deleted);
+        assert_eq!(deleted.object["spec"]["step"], json!(n - 1));
+        assert_eq!(changes[n as usize + 2].object["metadata"]["name"], "b");
+        // Each update's object before it is the JSON kept for the update before: one copy.
+        let inner = s.lock();
+        let json = |i: usize| match &inner.history[i] {
+            Past::Cold { object, old, .. } => (object.as_ptr(), old.as_ref().map(|b| b.as_ptr())),
+            Past::Hot(_) => panic!("change {i} is still as committed"),
+        };
+        for i in 2..n as usize + 2 {
+            assert_eq!(json(i).1, Some(json(i - 1).0), "change {i}");
+        }
+    }
+
+    #[test]
+    fn an_event_that_encoded_the_object_as_stored_is_the_json_kept() {
+        let s = Store::new(10);
+        let w = s.watch("pods", None).unwrap();
+        s.create("pods", obj("d", "a"), false).unwrap();
+        let (changes, _) = s.since("pods", 0).unwrap();
+        let c = &changes[0];
+        let event = Bytes::from(format!(
+            "{{\"type\":\"ADDED\",\"object\":{}}}\n",
+            serde_json::to_string(&*c.object).unwrap()
+        ));
+        c.encoded_as_stored("ADDED", &event);
+        // Something else is not taken for the object.
+        c.encoded_as_stored("MODIFIED", &Bytes::from_static(b"{}\n"));
+        drop(w);
+        s.create("pods", obj("d", "b"), false).unwrap();
+        let inner = s.lock();
+        let Past::Cold { object, .. } = &inner.history[0] else {
+            panic!("kept as committed")
+        };
+        assert_eq!(
+            serde_json::from_slice::<Value>(object).unwrap(),
+            *changes[0].object
+        );
+        let inside = event.as_ptr_range();
+        assert!(
+            inside.contains(&object.as_ptr()),
+            "a slice of the event, not a copy"
+        );
+    }
+
+    #[test]
+    fn a_stream_far_behind_does_not_keep_every_change_as_committed() {
+        let s = Store::new(2 * MAX_HOT);
+        let _w = s.watch("pods", None).unwrap();
+        for i in 0..MAX_HOT + 10 {
+            s.create("pods", obj("d", &format!("p{i}")), false).unwrap();
+        }
+        let inner = s.lock();
+        assert_eq!(inner.history.len() - inner.cooled, MAX_HOT);
+        assert!(matches!(inner.history[9], Past::Cold { .. }));
+        assert!(matches!(inner.history[10], Past::Hot(_)));
     }
 }
