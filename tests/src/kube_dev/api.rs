@@ -577,22 +577,19 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 return Some(encode(kind, obj));
             }
             // Metadata is the same whichever group presents the object.
-            let key = if metadata {
-                EncodingKey {
-                    group: "meta.k8s.io",
-                    version: "v1",
-                    event: kind,
-                }
+            let (group, version) = if metadata {
+                ("meta.k8s.io", "v1")
             } else {
-                EncodingKey {
-                    group: def.group,
-                    version: def.version,
-                    event: kind,
-                }
+                (def.group, def.version)
+            };
+            let key = EncodingKey {
+                group,
+                version,
+                event: kind,
             };
             // The object as stored (not converted to another shape): its JSON in this event
             // is what the store keeps once every stream has read the change.
-            let as_stored = !table && !metadata && matches!(obj, Cow::Borrowed(_));
+            let as_stored = !metadata && matches!(obj, Cow::Borrowed(_));
             Some(c.encoded(key, || {
                 let event = encode(kind, obj);
                 if as_stored {

@@ -111,6 +111,14 @@ impl Change {
         }
     }
 
+    fn object_key(&self) -> ObjectKey {
+        (
+            self.storage,
+            self.namespace.clone(),
+            name_of(&self.object).to_owned(),
+        )
+    }
+
     /// Records that `event`, a watch event of type `kind`, holds this change's object exactly as
     /// stored, so that keeping the change as JSON later costs no encoding.
     pub fn encoded_as_stored(&self, kind: &str, event: &Bytes) {
@@ -239,11 +247,7 @@ impl Past {
     fn cool(&mut self, last: &mut HashMap<ObjectKey, (u64, Bytes)>) {
         let Past::Hot(c) = self else { return };
         let json = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
-        let key = (
-            c.storage,
-            c.namespace.clone(),
-            name_of(&c.object).to_owned(),
-        );
+        let key = c.object_key();
         let old = c.old.as_deref().map(|o| match last.get(&key) {
             Some((rv, b)) if rv_of(o).parse::<u64>() == Ok(*rv) => b.clone(),
             _ => json(o),
@@ -377,6 +381,17 @@ impl Store {
             if let Some(old) = inner.history.pop_front() {
                 inner.floor = old.rv();
                 inner.cooled = inner.cooled.saturating_sub(1);
+                // A deletion that leaves before it was kept as JSON ends its object's entry.
+                if let Past::Hot(c) = &old
+                    && c.kind == ChangeKind::Deleted
+                {
+                    let key = (
+                        c.storage,
+                        c.namespace.clone(),
+                        name_of(&c.object).to_owned(),
+                    );
+                    inner.last_json.remove(&key);
+                }
             }
         }
         Self::cool_read(inner);
@@ -824,6 +839,23 @@ mod tests {
             inside.contains(&object.as_ptr()),
             "a slice of the event, not a copy"
         );
+    }
+
+    #[test]
+    fn an_object_deleted_before_it_was_kept_as_json_leaves_no_entry() {
+        let s = Store::new(2);
+        let w = s.watch("pods", None).unwrap();
+        s.create("pods", obj("d", "a"), false).unwrap();
+        w.cursor.advance(1);
+        s.delete("pods", "d", "a", None).unwrap();
+        let a = ("pods", "d".to_owned(), "a".to_owned());
+        assert!(s.lock().last_json.contains_key(&a));
+        // The deletion (still as committed: the stream has not read it) leaves the window.
+        s.create("pods", obj("d", "b"), false).unwrap();
+        s.create("pods", obj("d", "c"), false).unwrap();
+        let inner = s.lock();
+        assert_eq!(inner.floor, 2);
+        assert!(!inner.last_json.contains_key(&a));
     }
 
     #[test]
