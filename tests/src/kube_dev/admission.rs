@@ -112,7 +112,10 @@ fn match_conditions(
             }
         };
         let mut ctx = cel::Context::default();
-        for (k, v) in vars {
+        // Only what the expression reads: converting the pod into CEL values, and the request
+        // that holds it again, was most of an evaluation.
+        let references = program.references();
+        for (k, v) in vars.iter().filter(|(k, _)| references.has_variable(k)) {
             ctx.add_variable(*k, *v)
                 .map_err(|e| format!("matchCondition {name:?}: {e}"))?;
         }
@@ -183,14 +186,13 @@ impl Admission {
                 let call_failed = |msg: String| {
                     ApiError::internal(format!("failed calling webhook \"{name}\": {msg}"))
                 };
-                let request_vars = request["request"].clone();
                 match match_conditions(
                     &self.programs,
                     &hook,
                     &[
                         ("object", &current),
                         ("oldObject", &Value::Null),
-                        ("request", &request_vars),
+                        ("request", &request["request"]),
                         ("namespaceObject", &ns_obj),
                     ],
                 ) {
@@ -443,6 +445,29 @@ mod tests {
         assert_eq!(programs.lock().expect("lock").len(), 1);
         let bad = json!({"matchConditions": [{"name": "x", "expression": "1 +"}]});
         assert!(match_conditions(&programs, &bad, &[("object", &yes)]).is_err());
+        // Each variable an expression reads is there, whichever of them it reads.
+        let others = json!({"matchConditions": [{"name": "create-in-team",
+            "expression": "request.operation == 'CREATE' && namespaceObject.metadata.name == 'team'"}]});
+        let vars = |ns: &str| {
+            (
+                json!({"operation": "CREATE"}),
+                json!({"metadata": {"name": ns}}),
+            )
+        };
+        let (request, team) = vars("team");
+        let all = [
+            ("object", &yes),
+            ("request", &request),
+            ("namespaceObject", &team),
+        ];
+        assert_eq!(match_conditions(&programs, &others, &all), Ok(true));
+        let (request, other) = vars("other");
+        let all = [
+            ("object", &yes),
+            ("request", &request),
+            ("namespaceObject", &other),
+        ];
+        assert_eq!(match_conditions(&programs, &others, &all), Ok(false));
     }
 
     #[test]
