@@ -448,26 +448,18 @@ mod tests {
         // Each variable an expression reads is there, whichever of them it reads.
         let others = json!({"matchConditions": [{"name": "create-in-team",
             "expression": "request.operation == 'CREATE' && namespaceObject.metadata.name == 'team'"}]});
-        let vars = |ns: &str| {
-            (
-                json!({"operation": "CREATE"}),
-                json!({"metadata": {"name": ns}}),
-            )
+        let in_namespace = |ns: &str| {
+            let request = json!({"operation": "CREATE"});
+            let namespace = json!({"metadata": {"name": ns}});
+            let vars = [
+                ("object", &yes),
+                ("request", &request),
+                ("namespaceObject", &namespace),
+            ];
+            match_conditions(&programs, &others, &vars)
         };
-        let (request, team) = vars("team");
-        let all = [
-            ("object", &yes),
-            ("request", &request),
-            ("namespaceObject", &team),
-        ];
-        assert_eq!(match_conditions(&programs, &others, &all), Ok(true));
-        let (request, other) = vars("other");
-        let all = [
-            ("object", &yes),
-            ("request", &request),
-            ("namespaceObject", &other),
-        ];
-        assert_eq!(match_conditions(&programs, &others, &all), Ok(false));
+        assert_eq!(in_namespace("team"), Ok(true));
+        assert_eq!(in_namespace("other"), Ok(false));
     }
 
     #[test]
