@@ -32,7 +32,7 @@ use approle_shared::secret::ClientToken;
 use approle_shared::vault::{Destroyed, SecretIdRequest, Vault, VaultError};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -95,8 +95,10 @@ pub struct Context {
     pub orphans: Arc<Orphans>,
     /// Push client.
     pub push: PushClient,
-    /// Event recorder.
+    /// Event recorder (it counts an Event that repeats into a series).
     pub recorder: Recorder,
+    /// Who reports Events, for the ones published once per pod (see [`publish_delivered`]).
+    reporter: Reporter,
     /// Settings.
     pub settings: Settings,
     /// Metrics and readiness.
@@ -139,18 +141,19 @@ impl Context {
             orphans,
         }: VaultSide,
         push: PushClient,
-        recorder: Recorder,
+        reporter: Reporter,
         settings: Settings,
         admin: Arc<Admin>,
     ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             store,
             vault,
             auth,
             orphans,
             push,
-            recorder,
             settings,
             admin,
             authorizer: crate::policy::Authorizer::fixed(None),
@@ -736,8 +739,12 @@ async fn publish_delivered(
         }
         None => format!("Vault token for role {role} delivered (accessor {accessor})"),
     };
-    publish(
-        ctx,
+    // One per pod, never repeated: kube's Recorder keeps every Event it publishes for six
+    // minutes to count repeats into a series, and scans that cache on each publish. Through the
+    // shared one, a burst left thousands of these in the controller's memory.
+    let once = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    publish_with(
+        &once,
         pod,
         EventType::Normal,
         reason::DELIVERED,
@@ -756,6 +763,17 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_with(&ctx.recorder, pod, type_, reason, action, note).await;
+}
+
+async fn publish_with(
+    recorder: &Recorder,
+    pod: &Pod,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     // Events are limited to 1 kB of note.
     let note: String = note.chars().take(1000).collect();
     let event = Event {
@@ -765,7 +783,7 @@ pub(crate) async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &pod.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish Event");
     }
 }

@@ -60,7 +60,7 @@ use approle_shared::vault::{Vault, VaultConfig};
 use clap::Parser;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -173,13 +173,10 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "approle-controller".into());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "approle-controller".into(),
-            instance: Some(instance.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "approle-controller".into(),
+        instance: Some(instance.clone()),
+    };
 
     let stop = shutdown::on_signals();
     let (leadership, elector) = leader::start(&args, &client, &self_namespace, &instance, &admin)
@@ -222,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
                     orphans: orphans.clone(),
                 },
                 started.push.clone(),
-                recorder.clone(),
+                reporter.clone(),
                 settings.clone(),
                 admin.clone(),
             )
