@@ -391,12 +391,7 @@ impl Store {
                 if let Past::Hot(c) = &old
                     && c.kind == ChangeKind::Deleted
                 {
-                    let key = (
-                        c.storage,
-                        c.namespace.clone(),
-                        name_of(&c.object).to_owned(),
-                    );
-                    inner.last_json.remove(&key);
+                    inner.last_json.remove(&c.object_key());
                 }
             }
         }
