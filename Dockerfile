@@ -2,7 +2,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p approle-controller -p approle-init \
+# approle-init is a static PIE (`cargo release-init`, .cargo/config.toml): it starts once per pod,
+# and without the dynamic loader's work each start costs about half the CPU.
+RUN cargo build --release --locked -p approle-controller \
+ && cargo release-init \
  && strip target/release/approle-controller target/release/approle-init
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS controller

@@ -77,6 +77,13 @@ async fn quick_bench_completes_and_writes_json() {
     ] {
         assert!(!v["init"][key].is_null(), "init lacks {key}: {v}");
     }
+    // The debug binary the tests built is dynamic, a `cargo rustc … crt-static` one static:
+    // either way the bench read its program headers.
+    let linkage = v["init"]["linkage"].as_str().unwrap_or_default();
+    assert!(
+        ["static", "dynamic"].contains(&linkage),
+        "linkage {linkage:?}: {v}"
+    );
     assert!(v["floor_alone_ms"]["p50"].as_f64().is_some(), "{v}");
     assert!(!v["targets"].as_array().expect("targets").is_empty());
 }

@@ -13,7 +13,8 @@
 //!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left)
 //!   4. controller RSS with N managed pods cached (bound to a node the kubelet ignores) — a final
 //!      sentinel pod delivered after them proves the watch has applied them all
-//!   5. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size
+//!   5. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size,
+//!      static or dynamic linking (the image's is static: `cargo release-init`)
 //! ```
 //!
 //! Prints a table and, with `--json-out`, writes the figures as JSON. Every wait is bounded, so the
@@ -106,6 +107,14 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(if args.quick { 20 } else { 200 })
         .max(1);
 
+    let init_bin = bin_path("approle-init")?;
+    if Linkage::of(&init_bin) == Linkage::Dynamic {
+        eprintln!(
+            "approle-bench: {} is dynamically linked; the image's is a static PIE: \
+             `cargo release-init` builds it (every start and delivery costs more without)",
+            init_bin.display()
+        );
+    }
     eprintln!("approle-bench: starting vault-dev, kube-dev and approle-controller…");
     let stack = Stack::start(StackOptions {
         init_timeout: "120s".into(),
@@ -1113,8 +1122,7 @@ struct InitResult {
     peak_rss_method: &'static str,
     binary_bytes: u64,
     stripped_bytes: Option<u64>,
-    /// user + system CPU of each GNU-time run (10 ms resolution).
-    cpu_ms: Vec<f64>,
+    linkage: Linkage,
 }
 
 async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result<InitResult> {
@@ -1127,13 +1135,12 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         .is_ok_and(|s| s.success());
     let mut listen = Vec::new();
     let mut rss = Vec::new();
-    let mut cpu = Vec::new();
     for i in 0..runs {
         // Timing runs: the process itself; RSS runs under GNU time (its %M is the peak RSS).
-        let (d, _, _) = init_once(stack, floor, &bin, &format!("t{i}"), None).await?;
+        let (d, _) = init_once(stack, floor, &bin, &format!("t{i}"), None).await?;
         listen.push(d);
         let out = stack.dir.path().join(format!("init-time-{i}.txt"));
-        let (_, hwm, cpu_s) = init_once(
+        let (_, hwm) = init_once(
             stack,
             floor,
             &bin,
@@ -1142,7 +1149,6 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         )
         .await?;
         rss.push(hwm);
-        cpu.extend(cpu_s);
     }
     let binary_bytes = std::fs::metadata(&bin)?.len();
     let stripped = stack.dir.path().join("approle-init.stripped");
@@ -1166,7 +1172,7 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         },
         binary_bytes,
         stripped_bytes,
-        cpu_ms: cpu.iter().map(|s| s * 1000.0).collect(),
+        linkage: Linkage::of(&bin),
     })
 }
 
@@ -1178,14 +1184,14 @@ async fn init_once(
     bin: &Path,
     run: &str,
     time_out: Option<&Path>,
-) -> anyhow::Result<(Duration, u64, Option<f64>)> {
+) -> anyhow::Result<(Duration, u64)> {
     let out_dir = stack.dir.path().join(format!("init-{run}"));
     std::fs::create_dir_all(&out_dir)?;
     let pod_uid = format!("bench-init-{run}");
     let mut cmd = match time_out {
         Some(path) => {
             let mut c = tokio::process::Command::new("/usr/bin/time");
-            c.args(["-f", "%M %U %S", "-o"]).arg(path).arg(bin);
+            c.args(["-f", "%M", "-o"]).arg(path).arg(bin);
             c
         }
         None => tokio::process::Command::new(bin),
@@ -1261,24 +1267,59 @@ async fn init_once(
     if !status.success() {
         bail!("approle-init exited with {status}");
     }
-    let (hwm, cpu) = match (time_out, sampler) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path)?;
-            let line = text
-                .lines()
-                .rfind(|l| l.split_whitespace().count() == 3)
-                .context("GNU time wrote no `%M %U %S` line")?;
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let secs = |s: &str| s.parse::<f64>().unwrap_or(0.0);
-            (
-                f[0].parse::<u64>().unwrap_or(0),
-                Some(secs(f[1]) + secs(f[2])),
-            )
-        }
-        (None, Some(s)) => (s.await.unwrap_or(0), None),
-        (None, None) => (0, None),
+    let hwm = match (time_out, sampler) {
+        (Some(path), _) => std::fs::read_to_string(path)?
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().parse::<u64>().ok())
+            .context("GNU time wrote no `%M` line")?,
+        (None, Some(s)) => s.await.unwrap_or(0),
+        (None, None) => 0,
     };
-    Ok((listening, hwm, cpu))
+    Ok((listening, hwm))
+}
+
+/// How an approle-init binary is linked: the image's is a static PIE (`cargo release-init`); a
+/// plain `cargo build` links glibc dynamically, which costs every start the dynamic loader's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Linkage {
+    /// No `PT_INTERP`: nothing is loaded or bound before `main`.
+    Static,
+    /// A `PT_INTERP` names the dynamic loader.
+    Dynamic,
+    /// Not a readable ELF file.
+    #[default]
+    Unknown,
+}
+
+impl Linkage {
+    fn of(bin: &Path) -> Self {
+        use object::read::elf::{ElfFile64, ProgramHeader};
+        let Ok(data) = std::fs::read(bin) else {
+            return Linkage::Unknown;
+        };
+        let Ok(elf) = ElfFile64::<object::Endianness>::parse(data.as_slice()) else {
+            return Linkage::Unknown;
+        };
+        let endian = elf.endian();
+        let interp = elf
+            .elf_program_headers()
+            .iter()
+            .any(|h| h.p_type(endian) == object::elf::PT_INTERP);
+        if interp {
+            Linkage::Dynamic
+        } else {
+            Linkage::Static
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Linkage::Static => "static",
+            Linkage::Dynamic => "dynamic",
+            Linkage::Unknown => "unknown",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1502,8 +1543,9 @@ impl Report {
         );
         let i = &self.init;
         println!(
-            "approle-init: start → listening median {:.1} ms, max {:.1} ms (floor {:.1} ms, ×{:.2}); \
+            "approle-init ({} linking): start → listening median {:.1} ms, max {:.1} ms (floor {:.1} ms, ×{:.2}); \
              peak RSS median {:.1} MiB, max {:.1} MiB ({}); binary {:.2} MiB, stripped {}",
+            i.linkage.name(),
             i.start_to_listening.p50,
             i.start_to_listening.max,
             i.floor_start.p50,
@@ -1611,7 +1653,7 @@ impl Report {
                     "runs": i.peak_rss_kib.len(),
                     "method": i.peak_rss_method,
                 },
-                "cpu_ms_per_run": i.cpu_ms,
+                "linkage": i.linkage.name(),
                 "binary_bytes": i.binary_bytes,
                 "stripped_bytes": i.stripped_bytes,
             },
