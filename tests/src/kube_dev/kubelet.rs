@@ -1109,7 +1109,9 @@ impl PodTask {
                     let _ = std::fs::rename(&from, archive.join(sub));
                 }
             }
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+            // In place: a few small files on tmpfs. Through `tokio::fs` a burst of deletions
+            // started dozens of blocking threads, each with an allocator heap of its own.
+            let _ = std::fs::remove_dir_all(&dir);
         }
         if let Some(ip) = self.ip.take() {
             self.k.release_ip(ip);
