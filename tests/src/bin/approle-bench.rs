@@ -71,6 +71,10 @@ struct Args {
     /// The controller's `--log-level` (e.g. `info,approle_controller=debug` to see push retries).
     #[arg(long, default_value = "info")]
     controller_log_level: String,
+    /// More flags for the controller, each a separate `--controller-arg` (e.g.
+    /// `--controller-arg=--concurrency=128`).
+    #[arg(long, allow_hyphen_values = true)]
+    controller_arg: Vec<String>,
     /// Keep the stack's directory (all logs, the audit log) and print where it is.
     #[arg(long)]
     keep_logs: bool,
@@ -119,7 +123,10 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         init_timeout: "120s".into(),
         // Info, not the harness's debug level: what a deployment would run.
-        controller_args: vec!["--log-level".into(), args.controller_log_level.clone()],
+        controller_args: ["--log-level".to_owned(), args.controller_log_level.clone()]
+            .into_iter()
+            .chain(args.controller_arg.iter().cloned())
+            .collect(),
         tmpfs: true,
         ..Default::default()
     })
