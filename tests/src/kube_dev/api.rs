@@ -24,7 +24,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -501,6 +501,34 @@ fn watch_event(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// A watch response's write size once events queue up.
+const WATCH_WRITE_BYTES: usize = 64 * 1024;
+
+/// Sends watch events ready together as few writes (up to [`WATCH_WRITE_BYTES`] each), as the API
+/// server flushes a watch response only when no further event is queued. A lone event goes out
+/// as it is, uncopied. False once the client is gone.
+async fn send_batched(tx: &mpsc::Sender<Bytes>, events: impl Iterator<Item = Bytes>) -> bool {
+    let mut single: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    for event in events {
+        if buf.is_empty() && single.is_none() {
+            single = Some(event);
+            continue;
+        }
+        if let Some(first) = single.take() {
+            buf.extend_from_slice(&first);
+        }
+        buf.extend_from_slice(&event);
+        if buf.len() >= WATCH_WRITE_BYTES && tx.send(buf.split().freeze()).await.is_err() {
+            return false;
+        }
+    }
+    match single.or_else(|| (!buf.is_empty()).then(|| buf.freeze())) {
+        Some(last) => tx.send(last).await.is_ok(),
+        None => true,
+    }
+}
+
 fn too_old_event(requested: u64, oldest: u64) -> Bytes {
     watch_event(
         "ERROR",
@@ -600,12 +628,11 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
         };
         let mut last_rv = start.start_rv;
         if let Some((items, snap_rv)) = start.snapshot {
-            for o in &items {
-                if let Some(v) = filter.matches(o)
-                    && tx.send(encode("ADDED", v)).await.is_err()
-                {
-                    return;
-                }
+            let added = items
+                .iter()
+                .filter_map(|o| filter.matches(o).map(|v| encode("ADDED", v)));
+            if !send_batched(&tx, added).await {
+                return;
             }
             if send_initial && bookmarks {
                 let b = json!({"kind": def.kind, "apiVersion": def.api_version(),
@@ -616,12 +643,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                 }
             }
         }
-        for c in &start.replay {
-            if let Some(event) = change_event(c)
-                && tx.send(event).await.is_err()
-            {
-                return;
-            }
+        if !send_batched(&tx, start.replay.iter().filter_map(|c| change_event(c))).await {
+            return;
         }
         let mut rx = start.rx;
         let deadline = tokio::time::sleep(timeout);
@@ -655,12 +678,8 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
                             return;
                         }
                     };
-                    for c in &changes {
-                        if let Some(event) = change_event(c)
-                            && tx.send(event).await.is_err()
-                        {
-                            return;
-                        }
+                    if !send_batched(&tx, changes.iter().filter_map(|c| change_event(c))).await {
+                        return;
                     }
                     last_rv = last_rv.max(head);
                     start.cursor.advance(last_rv);
@@ -1280,4 +1299,63 @@ fn finalize_namespace(st: &ApiState, ns: String) {
         }
         let _ = store.delete("namespaces", "", &ns, None);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sent(events: Vec<Bytes>) -> Vec<Bytes> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        assert!(send_batched(&tx, events.into_iter()).await);
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.push(b);
+        }
+        out
+    }
+
+    fn event(i: usize, len: usize) -> Bytes {
+        let mut line = format!("{{\"type\":\"ADDED\",\"i\":{i},\"pad\":\"");
+        line.push_str(&"x".repeat(len));
+        line.push_str("\"}\n");
+        Bytes::from(line)
+    }
+
+    #[tokio::test]
+    async fn events_ready_together_go_out_in_few_writes_whole_and_in_order() {
+        let events: Vec<Bytes> = (0..100).map(|i| event(i, 5000)).collect();
+        let expected: Vec<u8> = events.iter().flat_map(|e| e.to_vec()).collect();
+        let writes = sent(events).await;
+        // 100 × ~5 KB in writes of at least 64 KiB each but the last: 8 writes, not 100.
+        assert!(writes.len() < 10, "{} writes", writes.len());
+        for w in &writes[..writes.len() - 1] {
+            assert!(w.len() >= WATCH_WRITE_BYTES, "{}", w.len());
+        }
+        // Every write ends with a whole event, and together they are the events in order.
+        assert!(writes.iter().all(|w| w.ends_with(b"}\n")));
+        assert_eq!(writes.concat(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_is_sent_as_it_is_and_none_sends_nothing() {
+        let one = event(7, 10);
+        let writes = sent(vec![one.clone()]).await;
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].as_ptr(), one.as_ptr(), "copied");
+        assert!(sent(Vec::new()).await.is_empty());
+        // Two small events: one write holding both.
+        let writes = sent(vec![event(1, 10), event(2, 10)]).await;
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0], [event(1, 10), event(2, 10)].concat());
+    }
+
+    #[tokio::test]
+    async fn a_gone_client_ends_the_send() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let events = (0..3).map(|i| event(i, 10));
+        assert!(!send_batched(&tx, events).await);
+    }
 }
