@@ -11,7 +11,9 @@
 //! Objects are stored in one shape per storage and presented per resource (see `events`), or,
 //! as the real server answers `Accept: …;as=Table` and `…;as=PartialObjectMetadata[List]`, as a
 //! `Table` (kubectl) or metadata only (kube's `Api<PartialObjectMeta<K>>`, client-go's metadata
-//! informers) for get, list and watch. Errors are `Status` objects (see `status`).
+//! informers) for get, list and watch. Errors are `Status` objects (see `status`). A watch
+//! writes the events that are ready together as one write, as the real server flushes only
+//! when no further event is queued.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
