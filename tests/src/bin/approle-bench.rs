@@ -112,7 +112,8 @@ async fn main() -> anyhow::Result<()> {
         .max(1);
 
     let init_bin = bin_path("approle-init")?;
-    if Linkage::of(&init_bin) == Linkage::Dynamic {
+    let linkage = Linkage::of(&init_bin);
+    if linkage == Linkage::Dynamic {
         eprintln!(
             "approle-bench: {} is dynamically linked; the image's is a static PIE: \
              `cargo release-init` builds it (every start and delivery costs more without)",
@@ -136,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     // approle-init processes kube-dev started), which killing the bench outright would orphan.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
-        r = run(&stack, &args, &bursts, cached, init_runs, floor_samples) => r,
+        r = run(&stack, &args, &bursts, cached, init_runs, floor_samples, linkage) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (SIGINT)")),
         _ = sigterm.recv() => Err(anyhow!("interrupted (SIGTERM)")),
     };
@@ -168,6 +169,7 @@ async fn run(
     cached: usize,
     init_runs: usize,
     floor_samples: usize,
+    linkage: Linkage,
 ) -> anyhow::Result<()> {
     let pids = Pids {
         controller: stack.controllers[0]
@@ -253,7 +255,7 @@ async fn run(
 
     // 5. approle-init alone.
     eprintln!("approle-bench: approle-init, {init_runs} direct runs…");
-    let init = init_phase(stack, &floor, init_runs).await?;
+    let init = init_phase(stack, &floor, init_runs, linkage).await?;
 
     let report = Report {
         bursts: burst_results,
@@ -1132,7 +1134,13 @@ struct InitResult {
     linkage: Linkage,
 }
 
-async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result<InitResult> {
+/// `linkage`: how the binary is linked, read once at the bench's start (it warns then).
+async fn init_phase(
+    stack: &Stack,
+    floor: &Floor,
+    runs: usize,
+    linkage: Linkage,
+) -> anyhow::Result<InitResult> {
     let bin = bin_path("approle-init")?;
     let time = Path::new("/usr/bin/time");
     let use_time = std::process::Command::new(time)
@@ -1179,7 +1187,7 @@ async fn init_phase(stack: &Stack, floor: &Floor, runs: usize) -> anyhow::Result
         },
         binary_bytes,
         stripped_bytes,
-        linkage: Linkage::of(&bin),
+        linkage,
     })
 }
 
