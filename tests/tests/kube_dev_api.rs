@@ -108,6 +108,27 @@ async fn pods_support_create_get_list_patch_and_status_errors() {
         .await
         .expect("list by field");
     assert_eq!(names(by_field.items), vec!["db-0".to_string()]);
+    // On the wire, as the API server lists: the list's kind and version, its resourceVersion,
+    // and items without their own `apiVersion` and `kind`.
+    let raw: serde_json::Value = client
+        .request(
+            http::Request::get("/api/v1/namespaces/default/pods?labelSelector=app%3Dweb")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("raw list");
+    assert_eq!(raw["kind"], "PodList", "{raw}");
+    assert_eq!(raw["apiVersion"], "v1", "{raw}");
+    assert!(raw["metadata"]["resourceVersion"].is_string(), "{raw}");
+    let items = raw["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{raw}");
+    assert_eq!(items[0]["metadata"]["name"], name.as_str(), "{raw}");
+    assert!(items[0]["spec"]["containers"].is_array(), "{raw}");
+    assert!(
+        items[0].get("apiVersion").is_none() && items[0].get("kind").is_none(),
+        "{raw}"
+    );
     let bad = api_error(
         pods.list(&ListParams::default().fields("metadata.labels=x"))
             .await

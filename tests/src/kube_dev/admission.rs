@@ -46,6 +46,11 @@ pub struct Admission {
 /// Compiled CEL programs by expression text.
 type Programs = Arc<std::sync::Mutex<HashMap<String, Arc<cel::Program>>>>;
 
+/// CEL's standard library, built once: `cel::Context::default()` builds it anew for every
+/// evaluation (registering each function), which cost as much as evaluating the expression.
+static CEL_STDLIB: std::sync::LazyLock<Arc<cel::Env>> =
+    std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
 /// The result of admission.
 #[derive(Debug, Default)]
 pub struct AdmitOutcome {
@@ -111,7 +116,7 @@ fn match_conditions(
                 p
             }
         };
-        let mut ctx = cel::Context::default();
+        let mut ctx = cel::Context::with_env(CEL_STDLIB.clone());
         // Only what the expression reads: converting the pod into CEL values, and the request
         // that holds it again, was most of an evaluation.
         let references = program.references();

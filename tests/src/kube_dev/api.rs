@@ -139,7 +139,7 @@ fn partial_metadata(obj: &Value) -> Value {
     })
 }
 
-fn json_response(code: StatusCode, v: &Value) -> Response {
+fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -445,11 +445,9 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
         // Listing in a namespace that does not exist is an empty list on a real server too.
     }
     let (items, rv) = st.store.list(r.def.storage, r.ns.as_deref());
-    let items: Vec<Value> = items
-        .iter()
-        .filter_map(|o| filter.matches(o).map(Cow::into_owned))
-        .collect();
+    let items: Vec<Cow<Value>> = items.iter().filter_map(|o| filter.matches(o)).collect();
     if r.wants_table() {
+        let items: Vec<Value> = items.into_iter().map(Cow::into_owned).collect();
         return Ok(json_response(
             StatusCode::OK,
             &table::table(r.def, &items, &rv.to_string(), &r.query),
@@ -462,29 +460,45 @@ fn list(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
                 "kind": "PartialObjectMetadataList",
                 "apiVersion": "meta.k8s.io/v1",
                 "metadata": {"resourceVersion": rv.to_string()},
-                "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+                "items": items.iter().map(|v| partial_metadata(v)).collect::<Vec<_>>(),
             }),
         ));
     }
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|mut v| {
-            if let Some(m) = v.as_object_mut() {
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
-            v
-        })
-        .collect();
+    // Encoded from the stored objects as they are: no copy of each, and none of the list.
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "kind": r.def.list_kind(),
-            "apiVersion": r.def.api_version(),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }),
+        &List {
+            kind: &r.def.list_kind(),
+            api_version: &r.def.api_version(),
+            metadata: json!({"resourceVersion": rv.to_string()}),
+            items: items.iter().map(|v| ListItem(v)).collect(),
+        },
     ))
+}
+
+/// A list response, in the API server's field order.
+#[derive(serde::Serialize)]
+struct List<'a> {
+    kind: &'a str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    metadata: Value,
+    items: Vec<ListItem<'a>>,
+}
+
+/// An object as a list item: without `apiVersion` and `kind`, as the API server lists them.
+struct ListItem<'a>(&'a Value);
+
+impl serde::Serialize for ListItem<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_object() {
+            Some(m) => s.collect_map(
+                m.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind")),
+            ),
+            None => self.0.serialize(s),
+        }
+    }
 }
 
 /// One line of a watch stream: `{"type":…,"object":…}`, the order of the API server's
@@ -510,25 +524,32 @@ const WATCH_WRITE_BYTES: usize = 64 * 1024;
 /// server flushes a watch response only when no further event is queued. A lone event goes out
 /// as it is, uncopied. False once the client is gone.
 async fn send_batched(tx: &mpsc::Sender<Bytes>, events: impl Iterator<Item = Bytes>) -> bool {
-    let mut single: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
+    let mut batch = Vec::new();
+    let mut size = 0;
     for event in events {
-        if buf.is_empty() && single.is_none() {
-            single = Some(event);
-            continue;
+        size += event.len();
+        batch.push(event);
+        if size >= WATCH_WRITE_BYTES {
+            if tx.send(joined(&mut batch)).await.is_err() {
+                return false;
+            }
+            size = 0;
         }
-        if let Some(first) = single.take() {
-            buf.extend_from_slice(&first);
-        }
+    }
+    batch.is_empty() || tx.send(joined(&mut batch)).await.is_ok()
+}
+
+/// The events of `batch` (emptied) as one buffer, allocated once at its final size (growing it
+/// event by event reallocated and copied it over and over, and touched fresh memory each time).
+fn joined(batch: &mut Vec<Bytes>) -> Bytes {
+    if let [_] = batch.as_slice() {
+        return batch.pop().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+    for event in batch.drain(..) {
         buf.extend_from_slice(&event);
-        if buf.len() >= WATCH_WRITE_BYTES && tx.send(buf.split().freeze()).await.is_err() {
-            return false;
-        }
     }
-    match single.or_else(|| (!buf.is_empty()).then(|| buf.freeze())) {
-        Some(last) => tx.send(last).await.is_ok(),
-        None => true,
-    }
+    buf.freeze()
 }
 
 fn too_old_event(requested: u64, oldest: u64) -> Bytes {

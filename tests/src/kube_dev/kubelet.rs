@@ -291,7 +291,7 @@ impl Runtime {
             })
             .collect();
         s["phase"] = json!(self.phase);
-        s["conditions"] = json!(conds);
+        s["conditions"] = Value::Array(conds);
         s["hostIP"] = json!("127.0.0.1");
         s["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
         if !self.pod_ip.is_empty() {
@@ -300,9 +300,9 @@ impl Runtime {
         }
         s["startTime"] = json!(self.start_time);
         if !self.init.is_empty() {
-            s["initContainerStatuses"] = json!(self.init);
+            s["initContainerStatuses"] = Value::Array(self.init.clone());
         }
-        s["containerStatuses"] = json!(self.app);
+        s["containerStatuses"] = Value::Array(self.app.clone());
         s
     }
 }
@@ -1145,9 +1145,16 @@ fn publish(store: &Store, ns: &str, name: &str, uid: &str, rt: &Mutex<Runtime>) 
         if uid_of(cur) != uid {
             return Err(());
         }
-        let mut p = cur.clone();
-        p["status"] = lock(rt).status(cur);
-        Ok(Update::Put(p))
+        // The pod with its new status: the old status is not copied only to be replaced.
+        let mut p: serde_json::Map<String, Value> = cur
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k != "status")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        p.insert("status".into(), lock(rt).status(cur));
+        Ok(Update::Put(Value::Object(p)))
     });
     matches!(res, Ok(Some(_)))
 }
