@@ -56,7 +56,7 @@ pub struct Metrics {
     pub invalid_annotations: Counter,
     /// Failed Vault calls.
     pub vault_errors: Counter,
-    /// Tokens revoked because their pod was deleted.
+    /// Tokens revoked because their pod was deleted, or a newer run's token replaced them.
     pub tokens_revoked: Counter,
     /// Seconds from the decision to deliver until the init container confirmed.
     pub delivery_seconds: Histogram,
@@ -113,7 +113,7 @@ impl Default for Metrics {
         registry.register("vault_errors", "Failed Vault calls", vault_errors.clone());
         registry.register(
             "tokens_revoked",
-            "Tokens revoked because their pod was deleted",
+            "Tokens revoked because their pod was deleted, or a newer run's token replaced them",
             tokens_revoked.clone(),
         );
         registry.register(

@@ -46,6 +46,7 @@ use crate::leader::Leadership;
 use crate::orphans::Orphans;
 use crate::push::{PushClient, PushFailure, Session};
 use crate::recover;
+use crate::revoke;
 use crate::vault_auth::{CallError, VaultAuth};
 
 /// Event reasons (DESIGN.md "What the controller guarantees").
@@ -677,6 +678,13 @@ async fn fail_as(
 }
 
 async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Result<(), Error> {
+    // The token of the run before this one (a lost pod sandbox runs the init container again),
+    // revoked once the new one is recorded: one live credential per pod.
+    let replaced = pod
+        .annotations()
+        .get(TOKEN_ACCESSOR)
+        .filter(|previous| accessor.is_some_and(|new| new != previous.as_str()))
+        .cloned();
     let mut annotations = serde_json::Map::new();
     annotations.insert(STATUS.into(), json!(STATUS_DELIVERED));
     if let Some(a) = accessor {
@@ -693,6 +701,18 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     .await?;
     lock(&ctx.unrecorded).remove(&pod.uid().unwrap_or_default());
     lock(&ctx.recorded).insert(pod.uid().unwrap_or_default());
+    if let Some(previous) = replaced {
+        revoke::revoke(
+            &pod.namespace().unwrap_or_default(),
+            &pod.name_any(),
+            &previous,
+            revoke::Why::Replaced,
+            &ctx.vault,
+            &ctx.auth,
+            &ctx.admin,
+        )
+        .await;
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@
 //! left ([`recover`]).
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
-//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion), [`pod`] (the controller's small pod type: what the cache keeps), [`push`] (the mTLS
+//! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion or replacement), [`pod`] (the controller's small pod type: what the cache keeps), [`push`] (the mTLS
 //! push connection), [`identity`] (pod identity: TokenReview before the push), [`policy`]
 //! (authorization policy file, default deny), [`redeliver`] (crash-loop backoff of
 //! re-deliveries), [`leader`] (Lease election), [`term`] (delivery while leading), [`recover`]

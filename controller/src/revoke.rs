@@ -1,6 +1,8 @@
 //! Revocation on pod deletion: when a managed pod is deleted, the token it received is revoked by
 //! the accessor recorded on it (`vault-approle.io/token-accessor`), so a credential never outlives
-//! its pod.
+//! its pod. The same revocation ends a token that a newer one replaced: when a restarted init
+//! container (a new run, after a lost pod sandbox) gets its own token, [`crate::deliver`] revokes
+//! the previous run's once the new accessor is recorded.
 //!
 //! A separate watch of managed pods feeds this, not a finalizer: a finalizer would block every pod
 //! deletion while the controller is down. What this cannot see (a pod deleted while no controller
@@ -43,18 +45,49 @@ pub async fn run(
         let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
             continue;
         };
-        revoke(&pod, &accessor, &vault, &auth, &admin).await;
+        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        revoke(
+            &ns,
+            &name,
+            &accessor,
+            Why::PodDeleted,
+            &vault,
+            &auth,
+            &admin,
+        )
+        .await;
     }
 }
 
-async fn revoke(
-    pod: &PartialObjectMeta<Pod>,
+/// Why a token is revoked: said in the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Its pod was deleted.
+    PodDeleted,
+    /// A newer run of the pod's init container got a token of its own.
+    Replaced,
+}
+
+impl Why {
+    fn what(self) -> &'static str {
+        match self {
+            Why::PodDeleted => "the token of a deleted pod",
+            Why::Replaced => "the token of the init container's previous run",
+        }
+    }
+}
+
+/// Revokes the token with this accessor, with a few quick attempts; after that the token's TTL
+/// ends it anyway.
+pub async fn revoke(
+    ns: &str,
+    name: &str,
     accessor: &str,
+    why: Why,
     vault: &Vault,
     auth: &VaultAuth,
     admin: &Admin,
 ) {
-    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     // A few quick attempts ride out a Vault hiccup; after that the token's TTL ends it anyway.
     for attempt in 1..=3u32 {
         let revoked = auth
@@ -70,13 +103,14 @@ async fn revoke(
                     pod.name = name,
                     token_accessor = accessor,
                     already_gone = outcome == Destroyed::AlreadyGone,
-                    "revoked the token of a deleted pod"
+                    "revoked {}",
+                    why.what()
                 );
                 return;
             }
             Err(e) => {
                 admin.metrics.vault_errors.inc();
-                warn!(pod.namespace = ns, pod.name = name, token_accessor = accessor, attempt, error = %e, "revoking the token of a deleted pod failed");
+                warn!(pod.namespace = ns, pod.name = name, token_accessor = accessor, attempt, error = %e, "revoking {} failed", why.what());
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
             }
         }

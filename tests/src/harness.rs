@@ -1081,6 +1081,21 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         Ok(())
     }
 
+    /// Restarts the sandbox of a running pod in `default` (kube-dev's kubelet then runs its init
+    /// containers again, as after a node reboot): sets kube-dev's
+    /// [`crate::kube_dev::kubelet::RESTART_SANDBOX_ANNOTATION`] to a new value.
+    pub async fn restart_sandbox(&self, name: &str) -> anyhow::Result<()> {
+        let mark = jiff::Timestamp::now().to_string();
+        let patch = json!({"metadata": {"annotations": {
+            crate::kube_dev::kubelet::RESTART_SANDBOX_ANNOTATION: mark,
+        }}});
+        self.pods()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("restarting the sandbox of {name}"))?;
+        Ok(())
+    }
+
     /// Waits until `check` accepts the pod.
     pub async fn wait_pod(
         &self,

@@ -363,3 +363,60 @@ async fn deleting_a_pod_revokes_its_token() {
     .expect("revoked");
     stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let pod = stack
+        .pod("again-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let first = stack
+        .wait_pod("again-0", "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let ip = pod_ip(&first);
+    let old = stack.pod_token(&first).expect("token");
+    let old_accessor = harness::annotation(&first, ACCESSOR).expect("accessor");
+    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &old, ip).await;
+    assert_eq!(status, 200, "the first run's token works");
+
+    // A lost sandbox: the kubelet runs the init container again, which asks for a credential.
+    stack.restart_sandbox("again-0").await.expect("restart");
+    let second = stack
+        .wait_pod("again-0", "the second run's token", DELIVERY, |p| {
+            delivered(p) && harness::annotation(p, ACCESSOR).is_some_and(|a| a != old_accessor)
+        })
+        .await
+        .expect("redelivered");
+    let restarts = second
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.restart_count);
+    assert_eq!(restarts, Some(1), "the init container ran a second time");
+    assert_eq!(
+        harness::annotation(&second, "vault-approle.io/deliveries").as_deref(),
+        Some("2")
+    );
+    let new = stack.pod_token(&second).expect("token");
+    assert_ne!(new, old);
+    let (status, body) = vault_get(&stack.vault_url, "auth/token/lookup-self", &new, ip).await;
+    assert_eq!(status, 200, "the second run's token works: {body}");
+    assert_eq!(
+        body["data"]["accessor"].as_str(),
+        harness::annotation(&second, ACCESSOR).as_deref()
+    );
+    // One live credential per pod: the replaced token is revoked.
+    harness::wait_for("the first run's token to be revoked", DELIVERY, || async {
+        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &old, ip).await;
+        (status == 403).then_some(())
+    })
+    .await
+    .expect("revoked");
+    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &new, ip).await;
+    assert_eq!(status, 200, "the second run's token still works");
+    stack.assert_no_secrets(&[&old, &new, &stack.controller_token, harness::ROOT_TOKEN]);
+}

@@ -1,8 +1,8 @@
 //! The kubelet simulator with a stand-in init binary (a `/bin/sh` script written here that
 //! records its environment and arguments into its output dir): scheduling, unique pod IPs, env /
 //! downward API / `$(VAR)` / path rewriting, init container states in order, restart with
-//! backoff, `restartPolicy: Never`, the app container record, and deletion killing the process
-//! and removing the pod's directories.
+//! backoff, `restartPolicy: Never`, a restarted pod sandbox, the app container record, and
+//! deletion killing the process and removing the pod's directories.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -382,6 +382,79 @@ async fn failed_init_container_restarts_with_backoff_and_never_policy_fails_the_
     )
     .expect("log");
     assert!(log.contains("always failing"), "stderr is captured: {log}");
+}
+
+#[tokio::test]
+async fn a_restarted_sandbox_runs_the_init_containers_again_and_keeps_ip_and_volumes() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
+    pods.create(
+        &PostParams::default(),
+        &injected_pod("again-0", "ok", "Always"),
+    )
+    .await
+    .expect("create");
+    let first = wait_phase(&pods, "again-0", "Running").await;
+    let ip = first.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let uid = first.uid().expect("uid");
+
+    let patch = json!({"metadata": {"annotations": {
+        approle_testkit::kube_dev::kubelet::RESTART_SANDBOX_ANNOTATION: "1",
+    }}});
+    pods.patch(
+        "again-0",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("annotate");
+    let init = |p: &Pod, i: usize| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.get(i).cloned())
+    };
+    let restarted = await_condition(pods.clone(), "again-0", move |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            phase(p) == Some("Running") && init(p, 1).is_some_and(|c| c.restart_count == 1)
+        })
+    });
+    let second = tokio::time::timeout(DEADLINE, restarted)
+        .await
+        .expect("the pod runs again in time")
+        .expect("watch")
+        .expect("pod exists");
+    assert_eq!(second.uid().as_deref(), Some(uid.as_str()));
+    assert_eq!(second.status.as_ref().and_then(|s| s.pod_ip.clone()), ip);
+    for i in 0..2 {
+        let c = init(&second, i).expect("init status");
+        assert_eq!(c.restart_count, 1, "{}", c.name);
+        let done = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+            s.and_then(|s| s.terminated.as_ref())
+                .map(|t| (t.exit_code, t.reason.clone()))
+        };
+        assert_eq!(done(c.state.as_ref()), Some((0, Some("Completed".into()))));
+        assert_eq!(
+            done(c.last_state.as_ref()),
+            Some((0, Some("Completed".into())))
+        );
+    }
+    let app = &second
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .expect("app statuses")[0];
+    assert_eq!(app.restart_count, 1);
+    assert!(app.state.as_ref().is_some_and(|s| s.running.is_some()));
+    assert!(
+        app.last_state
+            .as_ref()
+            .is_some_and(|s| s.terminated.is_some())
+    );
+    // The stand-in counts its runs in the pod's emptyDir, which the restart kept.
+    let runs = std::fs::read_to_string(env.kd.pod_volume_dir(&uid, "vault-approle").join("runs"))
+        .expect("runs");
+    assert_eq!(runs.trim(), "2");
 }
 
 #[tokio::test]

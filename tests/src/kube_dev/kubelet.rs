@@ -17,6 +17,13 @@
 //!
 //! Every state change is written to the pod's status as the real kubelet reports it, so
 //! watchers see `waiting PodInitializing → running → terminated` for each init container.
+//!
+//! A lost pod sandbox (a node reboot, a dead pause container: what makes a real kubelet run a
+//! pod's init containers again) is simulated by setting or changing the annotation
+//! [`RESTART_SANDBOX_ANNOTATION`] on a running pod (`kubectl annotate --overwrite pod web-0
+//! kube-dev.approle-injector.io/restart-sandbox=1`): its containers stop, and it starts again
+//! from its first init container, each container's `restartCount` one higher; UID, IP and
+//! volumes stay.
 //! Processes run in their own process group so that everything a container started is
 //! signalled; every group is remembered so shutdown can kill what is left.
 
@@ -31,7 +38,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::env::{self, HostMount, PodFacts};
 use super::kinds::image_repository;
@@ -44,6 +51,8 @@ use super::util::{metadata_mut, name_of, namespace_of, now_time, random_hex, str
 /// goes (`APPROLE_INIT_TERMINATION_MESSAGE_PATH`): kube-dev points it at a host file instead of
 /// bind-mounting one at `terminationMessagePath`.
 pub const TERMINATION_MESSAGE_ENV: &str = "APPROLE_INIT_TERMINATION_MESSAGE_PATH";
+/// Setting or changing this annotation on a running pod restarts its sandbox (see above).
+pub const RESTART_SANDBOX_ANNOTATION: &str = "kube-dev.approle-injector.io/restart-sandbox";
 /// The kubelet keeps at most this much of a termination message (Kubernetes' 4 KiB limit).
 pub const TERMINATION_MESSAGE_MAX: usize = 4096;
 
@@ -97,9 +106,20 @@ struct Inner {
     store: Arc<Store>,
     tokens: Arc<TokenIssuer>,
     ips: Mutex<BTreeSet<u32>>,
-    pods: Mutex<HashMap<String, watch::Sender<Option<i64>>>>,
+    pods: Mutex<HashMap<String, PodHandle>>,
     finished: Mutex<HashSet<String>>,
     groups: Mutex<HashSet<u32>>,
+}
+
+/// What the kubelet loop holds of a running pod task.
+#[derive(Debug)]
+struct PodHandle {
+    /// `Some(grace)` once the pod is to stop.
+    stop: watch::Sender<Option<i64>>,
+    /// Wakes the task to restart the pod's sandbox.
+    restart: Arc<Notify>,
+    /// The [`RESTART_SANDBOX_ANNOTATION`] value last seen.
+    restart_mark: String,
 }
 
 /// `<root>/pods/<uid>`.
@@ -163,8 +183,10 @@ impl Kubelet {
 
     /// Stops every pod (SIGTERM, then SIGKILL after `grace`) and waits for them to clean up.
     pub async fn stop_all(&self, grace: Duration) {
-        let senders: Vec<watch::Sender<Option<i64>>> =
-            lock(&self.inner.pods).values().cloned().collect();
+        let senders: Vec<watch::Sender<Option<i64>>> = lock(&self.inner.pods)
+            .values()
+            .map(|h| h.stop.clone())
+            .collect();
         let secs = i64::try_from(grace.as_secs()).unwrap_or(0);
         for s in &senders {
             let _ = s.send(Some(secs));
@@ -181,8 +203,8 @@ impl Inner {
     fn on_change(self: &Arc<Self>, kind: ChangeKind, pod: &Arc<Value>) {
         let uid = uid_of(pod).to_string();
         let signal = |grace: i64| {
-            if let Some(tx) = lock(&self.pods).get(&uid) {
-                let _ = tx.send(Some(grace));
+            if let Some(h) = lock(&self.pods).get(&uid) {
+                let _ = h.stop.send(Some(grace));
             }
         };
         if kind == ChangeKind::Deleted {
@@ -194,7 +216,17 @@ impl Inner {
             return;
         }
         let terminating = !str_at(pod, &["metadata", "deletionTimestamp"]).is_empty();
-        let known = lock(&self.pods).contains_key(&uid);
+        let restart_mark = restart_mark(pod);
+        let known = match lock(&self.pods).get_mut(&uid) {
+            Some(h) => {
+                if !terminating && h.restart_mark != restart_mark {
+                    h.restart_mark = restart_mark.to_owned();
+                    h.restart.notify_one();
+                }
+                true
+            }
+            None => false,
+        };
         if known {
             if terminating {
                 let grace = pod
@@ -212,11 +244,19 @@ impl Inner {
         if terminating {
             let _ = tx.send(Some(0));
         }
-        lock(&self.pods).insert(uid.clone(), tx);
+        let restart = Arc::new(Notify::new());
+        lock(&self.pods).insert(
+            uid.clone(),
+            PodHandle {
+                stop: tx,
+                restart: restart.clone(),
+                restart_mark: restart_mark.to_owned(),
+            },
+        );
         let k = self.clone();
         let pod = pod.clone();
         tokio::spawn(async move {
-            let task = PodTask::new(k.clone(), pod, rx);
+            let task = PodTask::new(k.clone(), pod, rx, restart);
             task.run().await;
             lock(&k.finished).insert(uid.clone());
             lock(&k.pods).remove(&uid);
@@ -326,6 +366,21 @@ fn container_status(c: &Value, state: Value, ready: bool, restarts: u32, cid: &s
     s
 }
 
+fn restart_count(status: &Value) -> u32 {
+    status["restartCount"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// The pod's [`RESTART_SANDBOX_ANNOTATION`] value ("" without one).
+fn restart_mark(pod: &Value) -> &str {
+    pod.pointer("/metadata/annotations")
+        .and_then(|a| a.get(RESTART_SANDBOX_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 fn waiting(reason: &str, message: Option<String>) -> Value {
     let mut w = json!({"reason": reason});
     if let Some(m) = message {
@@ -357,6 +412,7 @@ struct PodTask {
     ns: String,
     name: String,
     stop: watch::Receiver<Option<i64>>,
+    restart: Arc<Notify>,
     rt: Arc<Mutex<Runtime>>,
     ip: Option<Ipv4Addr>,
     volumes: HashMap<String, PathBuf>,
@@ -364,7 +420,12 @@ struct PodTask {
 }
 
 impl PodTask {
-    fn new(k: Arc<Inner>, pod: Arc<Value>, stop: watch::Receiver<Option<i64>>) -> Self {
+    fn new(
+        k: Arc<Inner>,
+        pod: Arc<Value>,
+        stop: watch::Receiver<Option<i64>>,
+        restart: Arc<Notify>,
+    ) -> Self {
         Self {
             uid: uid_of(&pod).to_string(),
             ns: namespace_of(&pod).to_string(),
@@ -372,6 +433,7 @@ impl PodTask {
             k,
             pod,
             stop,
+            restart,
             rt: Arc::new(Mutex::new(Runtime::default())),
             ip: None,
             volumes: HashMap::new(),
@@ -395,6 +457,17 @@ impl PodTask {
     async fn run(mut self) {
         if !self.stopping() && self.schedule() {
             self.start().await;
+            let restart = self.restart.clone();
+            loop {
+                let restarted = tokio::select! {
+                    _ = stop_requested(&mut self.stop) => false,
+                    () = restart.notified() => true,
+                };
+                if !restarted {
+                    break;
+                }
+                self.restart_sandbox().await;
+            }
         }
         // Wait for deletion (a dropped sender means the kubelet is shutting down).
         let grace = stop_requested(&mut self.stop).await;
@@ -467,6 +540,11 @@ impl PodTask {
         if !self.publish() {
             return;
         }
+        self.run_containers().await;
+    }
+
+    /// The init containers in order, then the app containers.
+    async fn run_containers(&mut self) {
         match self.run_init_containers().await {
             InitOutcome::Done => self.start_app_containers(),
             InitOutcome::Failed => {
@@ -474,6 +552,36 @@ impl PodTask {
                 self.publish();
             }
             InitOutcome::Stopped => {}
+        }
+    }
+
+    /// The pod's sandbox is gone: its containers stopped, it starts again from its first init
+    /// container, each container's restart counted. (Native sidecars are not restarted.)
+    async fn restart_sandbox(&mut self) {
+        tracing::info!(pod.namespace = %self.ns, pod.name = %self.name, "restarting the pod sandbox");
+        {
+            let mut guard = lock(&self.rt);
+            let rt = &mut *guard;
+            rt.phase = "Pending";
+            rt.set_condition("Initialized", false, Some("ContainersNotInitialized"));
+            rt.set_condition("Ready", false, Some("ContainersNotReady"));
+            rt.set_condition("ContainersReady", false, Some("ContainersNotReady"));
+            for s in rt.init.iter_mut().chain(rt.app.iter_mut()) {
+                let last = match s.pointer("/state/running/startedAt") {
+                    Some(started) => json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                        "startedAt": started, "finishedAt": now_time()}}),
+                    None => s["state"].clone(),
+                };
+                let restarts = s["restartCount"].as_u64().unwrap_or(0) + 1;
+                s["lastState"] = last;
+                s["state"] = waiting("PodInitializing", None);
+                s["ready"] = json!(false);
+                s["started"] = json!(false);
+                s["restartCount"] = json!(restarts);
+            }
+        }
+        if self.publish() {
+            self.run_containers().await;
         }
     }
 
@@ -755,7 +863,8 @@ impl PodTask {
                     false => return InitOutcome::Stopped,
                 }
             }
-            let mut restarts: u32 = 0;
+            // 0 at first; one more for each run a restarted sandbox asked for.
+            let mut restarts = restart_count(&lock(&self.rt).init[i]);
             loop {
                 if self.stopping() {
                     return InitOutcome::Stopped;
@@ -1033,13 +1142,17 @@ impl PodTask {
             let name = str_at(c, &["name"]).to_string();
             let record = self.record_mounts(c);
             let _ = write_app_record(self.root(), &self.uid, &name, &record);
-            lock(&self.rt).app[i] = container_status(
+            let mut rt = lock(&self.rt);
+            let before = &rt.app[i];
+            let mut status = container_status(
                 c,
                 json!({"running": {"startedAt": now_time()}}),
                 true,
-                0,
+                restart_count(before),
                 &random_hex(32),
             );
+            status["lastState"] = before["lastState"].clone();
+            rt.app[i] = status;
         }
         {
             let mut rt = lock(&self.rt);

@@ -56,7 +56,9 @@
 //!   `pods/exec`, `pods/eviction` or `pods/portforward`; no Services, Endpoints or Nodes.
 //! * Webhooks: mutating only, pod CREATE only, no reinvocation; `service` references resolve
 //!   through [`Config::service_addresses`] / [`Running::set_service_address`].
-//! * Projected service-account tokens are written once at pod start (not refreshed).
+//! * A lost pod sandbox happens only on request: setting or changing the annotation
+//!   `kube-dev.approle-injector.io/restart-sandbox` on a running pod (see [`kubelet`]); the pod
+//!   keeps its IP (a real runtime may give the new sandbox another).
 
 pub mod admission;
 pub mod api;
