@@ -45,18 +45,29 @@ pub async fn run(
         let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
             continue;
         };
-        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        revoke(
-            &ns,
-            &name,
-            &accessor,
-            Why::PodDeleted,
-            &vault,
-            &auth,
-            &admin,
-        )
-        .await;
+        let (ns, name, uid) = (
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+            pod.uid().unwrap_or_default(),
+        );
+        let owner = Owner {
+            namespace: &ns,
+            name: &name,
+            uid: &uid,
+        };
+        revoke(&owner, &accessor, Why::PodDeleted, &vault, &auth, &admin).await;
     }
+}
+
+/// The pod a token was delivered to.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its UID: what the token's metadata must name (`pod_uid`, from the secret_id's).
+    pub uid: &'a str,
 }
 
 /// Why a token is revoked: said in the log lines.
@@ -77,26 +88,38 @@ impl Why {
     }
 }
 
-/// Revokes the token with this accessor, with a few quick attempts; after that the token's TTL
-/// ends it anyway.
+/// Revokes the token with this accessor if it was delivered to `owner`, with a few quick
+/// attempts; after that the token's TTL ends it anyway.
+///
+/// The accessor comes from an annotation, which whoever may edit the pod could have set to
+/// another token's: the token's own metadata (an AppRole login copies the secret_id's, where the
+/// controller wrote the pod's UID) must name this pod, or it is left alone.
 pub async fn revoke(
-    ns: &str,
-    name: &str,
+    owner: &Owner<'_>,
     accessor: &str,
     why: Why,
     vault: &Vault,
     auth: &VaultAuth,
     admin: &Admin,
 ) {
-    // A few quick attempts ride out a Vault hiccup; after that the token's TTL ends it anyway.
+    let (ns, name) = (owner.namespace, owner.name);
     for attempt in 1..=3u32 {
         let revoked = auth
-            .with_token(
-                |token| async move { vault.revoke_token_by_accessor(&token, accessor).await },
-            )
+            .with_token(|token| async move {
+                match vault.token_metadata_by_accessor(&token, accessor).await? {
+                    None => Ok(Some(Destroyed::AlreadyGone)),
+                    Some(meta) if meta.get("pod_uid").map(String::as_str) != Some(owner.uid) => {
+                        Ok(None)
+                    }
+                    Some(_) => vault
+                        .revoke_token_by_accessor(&token, accessor)
+                        .await
+                        .map(Some),
+                }
+            })
             .await;
         match revoked {
-            Ok(outcome) => {
+            Ok(Some(outcome)) => {
                 admin.metrics.tokens_revoked.inc();
                 info!(
                     pod.namespace = ns,
@@ -104,6 +127,16 @@ pub async fn revoke(
                     token_accessor = accessor,
                     already_gone = outcome == Destroyed::AlreadyGone,
                     "revoked {}",
+                    why.what()
+                );
+                return;
+            }
+            Ok(None) => {
+                warn!(
+                    pod.namespace = ns,
+                    pod.name = name,
+                    token_accessor = accessor,
+                    "not revoking {}: the accessor recorded on the pod is of a token that was not delivered to it (was the annotation edited?)",
                     why.what()
                 );
                 return;

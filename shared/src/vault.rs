@@ -450,6 +450,29 @@ impl Vault {
         }
     }
 
+    /// `POST auth/token/lookup-accessor`: the metadata of the token with this accessor (an AppRole
+    /// login copies its secret_id's metadata, so a delivered token names its pod), `None` when
+    /// Vault no longer knows the accessor (expired, revoked).
+    pub async fn token_metadata_by_accessor(
+        &self,
+        token: &ClientToken,
+        accessor: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, VaultError> {
+        let op = "look up a delivered token by accessor";
+        let client = self.vaultrs(token.expose())?;
+        match vaultrs::token::lookup_accessor(&client, accessor).await {
+            Ok(r) => Ok(Some(r.meta.unwrap_or_default())),
+            Err(e) => match from_vaultrs(op, e, &[token.expose()]) {
+                VaultError::Api {
+                    status: 400,
+                    errors,
+                    ..
+                } if errors.iter().any(|m| m.contains("invalid accessor")) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// `POST auth/token/revoke-accessor`: revokes a delivered token without knowing it. An accessor
     /// Vault no longer knows (expired, revoked) is [`Destroyed::AlreadyGone`].
     pub async fn revoke_token_by_accessor(

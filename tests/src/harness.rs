@@ -598,6 +598,7 @@ path "auth/approle/role/+/secret-id" { capabilities = ["update"] }
 path "auth/approle/role/+/secret-id/" { capabilities = ["list"] }
 path "auth/approle/role/+/secret-id-accessor/destroy" { capabilities = ["update"] }
 path "auth/approle/role/+/secret-id-accessor/lookup" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "auth/token/renew-self" { capabilities = ["update"] }
 path "auth/token/lookup-self" { capabilities = ["read"] }

@@ -420,3 +420,115 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     assert_eq!(status, 200, "the second run's token still works");
     stack.assert_no_secrets(&[&old, &new, &stack.controller_token, harness::ROOT_TOKEN]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_accessor_annotation_gets_no_other_token_revoked() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    // Another workload's token, whose accessor the pod's author knows.
+    let (status, created) = stack
+        .vault(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": ["default"], "ttl": "1h"})),
+        )
+        .await
+        .expect("token");
+    assert_eq!(status, 200, "{created}");
+    let victim = created["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let victim_accessor = created["auth"]["accessor"]
+        .as_str()
+        .expect("accessor")
+        .to_owned();
+    let victim_alive = || async {
+        let (status, _) = stack
+            .vault(
+                "POST",
+                "auth/token/lookup-accessor",
+                Some(json!({"accessor": victim_accessor})),
+            )
+            .await
+            .expect("lookup");
+        status == 200
+    };
+
+    // (The webhook drops a token-accessor annotation a pod is created with.) Edited after the
+    // delivery, it is what the next run's delivery replaces: the controller finds that token not
+    // delivered to this pod and leaves it alone.
+    let pod = stack
+        .pod("tamper-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let first = stack
+        .wait_pod("tamper-0", "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered");
+    let first_token = stack.pod_token(&first).expect("token");
+    let edit = json!({"metadata": {"annotations": {ACCESSOR: victim_accessor}}});
+    let edit_annotation = || async {
+        stack
+            .pods()
+            .patch(
+                "tamper-0",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&edit),
+            )
+            .await
+            .expect("edit the annotation");
+    };
+    edit_annotation().await;
+    stack.restart_sandbox("tamper-0").await.expect("restart");
+    let second = stack
+        .wait_pod("tamper-0", "the second run's token", DELIVERY, |p| {
+            delivered(p) && harness::annotation(p, ACCESSOR).is_some_and(|a| a != victim_accessor)
+        })
+        .await
+        .expect("redelivered");
+    let own = stack.pod_token(&second).expect("token");
+    harness::wait_for(
+        "the replacement's revocation to be refused",
+        DELIVERY,
+        || async {
+            stack
+                .all_output()
+                .contains("not revoking the token of the init container's previous run")
+                .then_some(())
+        },
+    )
+    .await
+    .expect("refused");
+    assert!(
+        victim_alive().await,
+        "the other token survives the re-delivery"
+    );
+
+    // Edited again, then deleted: the deletion's revocation is refused too.
+    edit_annotation().await;
+    stack.delete("tamper-0").await.expect("delete");
+    harness::wait_for(
+        "the deletion's revocation to be refused",
+        DELIVERY,
+        || async {
+            stack
+                .all_output()
+                .contains("not revoking the token of a deleted pod")
+                .then_some(())
+        },
+    )
+    .await
+    .expect("refused");
+    assert!(
+        victim_alive().await,
+        "the other token survives the deletion"
+    );
+    stack.assert_no_secrets(&[
+        &victim,
+        &first_token,
+        &own,
+        &stack.controller_token,
+        harness::ROOT_TOKEN,
+    ]);
+}
