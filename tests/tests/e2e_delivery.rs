@@ -39,19 +39,33 @@ async fn vault_get(url: &str, path: &str, token: &str, source: IpAddr) -> (u16, 
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Creates an annotated pod in `default` and waits until it is delivered.
+async fn delivered_pod(stack: &Stack, name: &str) -> Pod {
+    let pod = stack
+        .pod(name, json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    stack
+        .wait_pod(name, "token delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered")
+}
+
+/// Waits until Vault refuses `token` (used from `ip`) as revoked.
+async fn wait_revoked(stack: &Stack, what: &str, token: &str, ip: IpAddr) {
+    harness::wait_for(what, DELIVERY, || async {
+        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", token, ip).await;
+        (status == 403).then_some(())
+    })
+    .await
+    .expect("revoked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotated_pod_gets_a_working_token_bound_to_its_own_address() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    let pod = stack
-        .pod("web-0", json!({"vault-approle.io/role": ROLE}))
-        .expect("pod");
-    stack.create(&pod).await.expect("create");
-
-    let pod = stack
-        .wait_pod("web-0", "token delivered", DELIVERY, delivered)
-        .await
-        .expect("delivered");
+    let pod = delivered_pod(&stack, "web-0").await;
     let ip = pod_ip(&pod);
     let token = stack.pod_token(&pod).expect("token file");
     let accessor = pod
@@ -341,26 +355,14 @@ async fn admin_port_reports_readiness_and_counts_deliveries_and_failures() {
 async fn deleting_a_pod_revokes_its_token() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    let pod = stack
-        .pod("bye-0", json!({"vault-approle.io/role": ROLE}))
-        .expect("pod");
-    stack.create(&pod).await.expect("create");
-    let pod = stack
-        .wait_pod("bye-0", "token delivered", DELIVERY, delivered)
-        .await
-        .expect("delivered");
+    let pod = delivered_pod(&stack, "bye-0").await;
     let ip = pod_ip(&pod);
     let token = stack.pod_token(&pod).expect("token");
     let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
     assert_eq!(status, 200, "the token works while the pod lives");
 
     stack.delete("bye-0").await.expect("delete");
-    harness::wait_for("the token to be revoked", DELIVERY, || async {
-        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
-        (status == 403).then_some(())
-    })
-    .await
-    .expect("revoked");
+    wait_revoked(&stack, "the token to be revoked", &token, ip).await;
     stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
 }
 
@@ -368,14 +370,7 @@ async fn deleting_a_pod_revokes_its_token() {
 async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    let pod = stack
-        .pod("again-0", json!({"vault-approle.io/role": ROLE}))
-        .expect("pod");
-    stack.create(&pod).await.expect("create");
-    let first = stack
-        .wait_pod("again-0", "token delivered", DELIVERY, delivered)
-        .await
-        .expect("delivered");
+    let first = delivered_pod(&stack, "again-0").await;
     let ip = pod_ip(&first);
     let old = stack.pod_token(&first).expect("token");
     let old_accessor = harness::annotation(&first, ACCESSOR).expect("accessor");
@@ -410,12 +405,7 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
         harness::annotation(&second, ACCESSOR).as_deref()
     );
     // One live credential per pod: the replaced token is revoked.
-    harness::wait_for("the first run's token to be revoked", DELIVERY, || async {
-        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &old, ip).await;
-        (status == 403).then_some(())
-    })
-    .await
-    .expect("revoked");
+    wait_revoked(&stack, "the first run's token to be revoked", &old, ip).await;
     let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &new, ip).await;
     assert_eq!(status, 200, "the second run's token still works");
     stack.assert_no_secrets(&[&old, &new, &stack.controller_token, harness::ROOT_TOKEN]);
@@ -467,14 +457,7 @@ async fn an_edited_accessor_annotation_gets_no_other_token_revoked() {
     // (The webhook drops a token-accessor annotation a pod is created with.) Edited after the
     // delivery, it is what the next run's delivery replaces: the controller finds that token not
     // delivered to this pod and leaves it alone.
-    let pod = stack
-        .pod("tamper-0", json!({"vault-approle.io/role": ROLE}))
-        .expect("pod");
-    stack.create(&pod).await.expect("create");
-    let first = stack
-        .wait_pod("tamper-0", "token delivered", DELIVERY, delivered)
-        .await
-        .expect("delivered");
+    let first = delivered_pod(&stack, "tamper-0").await;
     let first_token = stack.pod_token(&first).expect("token");
     let edit = json!({"metadata": {"annotations": {ACCESSOR: victim_accessor}}});
     let edit_annotation = || async {
