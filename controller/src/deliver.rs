@@ -702,18 +702,8 @@ async fn record_delivery(ctx: &Context, pod: &Pod, accessor: Option<&str>) -> Re
     lock(&ctx.unrecorded).remove(&pod.uid().unwrap_or_default());
     lock(&ctx.recorded).insert(pod.uid().unwrap_or_default());
     if let Some(previous) = replaced {
-        let (ns, name, uid) = (
-            pod.namespace().unwrap_or_default(),
-            pod.name_any(),
-            pod.uid().unwrap_or_default(),
-        );
-        let owner = revoke::Owner {
-            namespace: &ns,
-            name: &name,
-            uid: &uid,
-        };
         revoke::revoke(
-            &owner,
+            &revoke::Owner::of(pod),
             &previous,
             revoke::Why::Replaced,
             &ctx.vault,

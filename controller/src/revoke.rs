@@ -45,29 +45,36 @@ pub async fn run(
         let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
             continue;
         };
-        let (ns, name, uid) = (
-            pod.namespace().unwrap_or_default(),
-            pod.name_any(),
-            pod.uid().unwrap_or_default(),
-        );
-        let owner = Owner {
-            namespace: &ns,
-            name: &name,
-            uid: &uid,
-        };
-        revoke(&owner, &accessor, Why::PodDeleted, &vault, &auth, &admin).await;
+        revoke(
+            &Owner::of(&pod),
+            &accessor,
+            Why::PodDeleted,
+            &vault,
+            &auth,
+            &admin,
+        )
+        .await;
     }
 }
 
 /// The pod a token was delivered to.
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    /// Its namespace.
-    pub namespace: &'a str,
-    /// Its name.
-    pub name: &'a str,
-    /// Its UID: what the token's metadata must name (`pod_uid`, from the secret_id's).
-    pub uid: &'a str,
+#[derive(Debug, Clone)]
+pub struct Owner {
+    namespace: String,
+    name: String,
+    /// What the token's metadata must name (`pod_uid`, from the secret_id's).
+    uid: String,
+}
+
+impl Owner {
+    /// The pod as the cache or the metadata watch has it.
+    pub fn of(pod: &impl ResourceExt) -> Self {
+        Self {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
 }
 
 /// Why a token is revoked: said in the log lines.
@@ -95,22 +102,20 @@ impl Why {
 /// another token's: the token's own metadata (an AppRole login copies the secret_id's, where the
 /// controller wrote the pod's UID) must name this pod, or it is left alone.
 pub async fn revoke(
-    owner: &Owner<'_>,
+    owner: &Owner,
     accessor: &str,
     why: Why,
     vault: &Vault,
     auth: &VaultAuth,
     admin: &Admin,
 ) {
-    let (ns, name) = (owner.namespace, owner.name);
+    let (ns, name) = (owner.namespace.as_str(), owner.name.as_str());
     for attempt in 1..=3u32 {
         let revoked = auth
             .with_token(|token| async move {
                 match vault.token_metadata_by_accessor(&token, accessor).await? {
                     None => Ok(Some(Destroyed::AlreadyGone)),
-                    Some(meta) if meta.get("pod_uid").map(String::as_str) != Some(owner.uid) => {
-                        Ok(None)
-                    }
+                    Some(meta) if meta.get("pod_uid") != Some(&owner.uid) => Ok(None),
                     Some(_) => vault
                         .revoke_token_by_accessor(&token, accessor)
                         .await

@@ -17,6 +17,8 @@
 //!
 //! Every state change is written to the pod's status as the real kubelet reports it, so
 //! watchers see `waiting PodInitializing → running → terminated` for each init container.
+//! Processes run in their own process group so that everything a container started is
+//! signalled; every group is remembered so shutdown can kill what is left.
 //!
 //! A lost pod sandbox (a node reboot, a dead pause container: what makes a real kubelet run a
 //! pod's init containers again) is simulated by setting or changing the annotation
@@ -24,8 +26,6 @@
 //! kube-dev.approle-injector.io/restart-sandbox=1`): its containers stop, and it starts again
 //! from its first init container, each container's `restartCount` one higher; UID, IP and
 //! volumes stay.
-//! Processes run in their own process group so that everything a container started is
-//! signalled; every group is remembered so shutdown can kill what is left.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
