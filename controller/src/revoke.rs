@@ -111,6 +111,7 @@ pub async fn revoke(
 ) {
     let (ns, name) = (owner.namespace.as_str(), owner.name.as_str());
     for attempt in 1..=3u32 {
+        // `Some(outcome)` once revoked or already gone; `None` for a token not this pod's.
         let revoked = auth
             .with_token(|token| async move {
                 match vault.token_metadata_by_accessor(&token, accessor).await? {

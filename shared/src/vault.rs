@@ -87,6 +87,11 @@ impl VaultError {
         matches!(self, VaultError::Api { errors, .. } if errors.iter().any(|e| e.contains(INVALID_WRAPPING_TOKEN)))
     }
 
+    /// True when Vault no longer knows a token accessor (expired, revoked): 400 `invalid accessor`.
+    pub fn is_unknown_token_accessor(&self) -> bool {
+        matches!(self, VaultError::Api { status: 400, errors, .. } if errors.iter().any(|m| m.contains("invalid accessor")))
+    }
+
     /// True when Vault no longer knows a secret_id accessor (used up, expired, destroyed): it
     /// answers 500 `failed to find accessor entry` (or 400 `invalid secret id accessor`).
     pub fn is_unknown_secret_id_accessor(&self) -> bool {
@@ -463,12 +468,8 @@ impl Vault {
         match vaultrs::token::lookup_accessor(&client, accessor).await {
             Ok(r) => Ok(Some(r.meta.unwrap_or_default())),
             Err(e) => match from_vaultrs(op, e, &[token.expose()]) {
-                VaultError::Api {
-                    status: 400,
-                    errors,
-                    ..
-                } if errors.iter().any(|m| m.contains("invalid accessor")) => Ok(None),
-                other => Err(other),
+                err if err.is_unknown_token_accessor() => Ok(None),
+                err => Err(err),
             },
         }
     }
@@ -485,14 +486,8 @@ impl Vault {
         match vaultrs::token::revoke_accessor(&client, accessor).await {
             Ok(()) => Ok(Destroyed::Destroyed),
             Err(e) => match from_vaultrs(op, e, &[token.expose()]) {
-                VaultError::Api {
-                    status: 400,
-                    errors,
-                    ..
-                } if errors.iter().any(|m| m.contains("invalid accessor")) => {
-                    Ok(Destroyed::AlreadyGone)
-                }
-                other => Err(other),
+                err if err.is_unknown_token_accessor() => Ok(Destroyed::AlreadyGone),
+                err => Err(err),
             },
         }
     }

@@ -366,6 +366,13 @@ fn container_status(c: &Value, state: Value, ready: bool, restarts: u32, cid: &s
     s
 }
 
+/// The state a running container ends in when the kubelet stops it; `None` if it is not running.
+fn stopped(status: &Value) -> Option<Value> {
+    let started = status.pointer("/state/running")?.get("startedAt").cloned();
+    Some(json!({"terminated": {"exitCode": 0, "reason": "Completed",
+        "startedAt": started.unwrap_or(Value::Null), "finishedAt": now_time()}}))
+}
+
 fn restart_count(status: &Value) -> u32 {
     status["restartCount"]
         .as_u64()
@@ -567,13 +574,8 @@ impl PodTask {
             rt.set_condition("Ready", false, Some("ContainersNotReady"));
             rt.set_condition("ContainersReady", false, Some("ContainersNotReady"));
             for s in rt.init.iter_mut().chain(rt.app.iter_mut()) {
-                let last = match s.pointer("/state/running/startedAt") {
-                    Some(started) => json!({"terminated": {"exitCode": 0, "reason": "Completed",
-                        "startedAt": started, "finishedAt": now_time()}}),
-                    None => s["state"].clone(),
-                };
-                let restarts = s["restartCount"].as_u64().unwrap_or(0) + 1;
-                s["lastState"] = last;
+                let restarts = restart_count(s) + 1;
+                s["lastState"] = stopped(s).unwrap_or_else(|| s["state"].clone());
                 s["state"] = waiting("PodInitializing", None);
                 s["ready"] = json!(false);
                 s["started"] = json!(false);
@@ -1196,10 +1198,8 @@ impl PodTask {
             let mut guard = lock(&self.rt);
             let rt = &mut *guard;
             for s in rt.init.iter_mut().chain(rt.app.iter_mut()) {
-                if let Some(r) = s.pointer("/state/running").cloned() {
-                    s["state"] = json!({"terminated": {"exitCode": 0, "reason": "Completed",
-                        "startedAt": r.get("startedAt").cloned().unwrap_or(json!(null)),
-                        "finishedAt": now_time()}});
+                if let Some(state) = stopped(s) {
+                    s["state"] = state;
                     s["ready"] = json!(false);
                     s["started"] = json!(false);
                 }
