@@ -63,6 +63,11 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::Reporter;
 use tracing::{error, info, warn};
 
+/// jemalloc: the same RSS as glibc's malloc (idle, and with 10 000 cached pods), and about 8 %
+/// less CPU per delivery, which went to malloc's bin management (README, Benchmark).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tls::install_crypto_provider();
