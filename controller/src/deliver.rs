@@ -9,7 +9,7 @@
 //!            ┌───── push on the verified connection; retries reconnect and re-verify ◀──┘
 //!            │  200 ─▶ annotate pod (status, token-accessor), Event SecretIdDelivered
 //!            │  409 ─▶ someone delivered before: destroy ours; recorded when the init ends
-//!            │  leadership lost ─▶ destroy, stop (the new leader takes the pod over)
+//!            │  leadership lost or stopping ─▶ destroy, stop (the next leader takes the pod over)
 //!            │  4xx/5xx ─▶ destroy, Event DeliveryFailed, requeue with backoff
 //!            │  identity fails on a reconnect ─▶ destroy, Event PossibleInterception, backoff
 //!            │  pod gone / init container ended ─▶ destroy, stop
@@ -337,7 +337,9 @@ async fn deliver(
             }
             Err(PushOutcome::LostLeadership) => {
                 ctx.admin.metrics.outcome("lost_leadership");
-                info!("leadership lost before the mint");
+                info!(
+                    "no longer leading (lease lost, or stopping) before the mint: the next leader delivers"
+                );
                 return Ok(Action::await_change());
             }
             Err(_) => {
@@ -429,7 +431,9 @@ async fn deliver(
             }
             PushOutcome::LostLeadership => {
                 ctx.admin.metrics.outcome("lost_leadership");
-                info!("leadership lost during delivery; our secret_id was destroyed");
+                info!(
+                    "no longer leading (lease lost, or stopping) during delivery; our secret_id was destroyed, the next leader delivers"
+                );
                 return Ok(Action::await_change());
             }
             PushOutcome::PodGone => {

@@ -111,6 +111,8 @@ fn jittered(period: Duration) -> Duration {
 #[derive(Debug, Clone)]
 pub struct Leadership {
     rx: watch::Receiver<bool>,
+    /// Turns true when the process is asked to stop (see [`Leadership::until_stopped`]).
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl Leadership {
@@ -119,12 +121,23 @@ impl Leadership {
         let (tx, rx) = watch::channel(true);
         // Kept alive forever: the value never changes and receivers never see "closed".
         std::mem::forget(tx);
-        Self { rx }
+        Self { rx, stop: None }
     }
 
-    /// True while this replica leads.
+    /// The same leadership, as deliveries see it: it also ends when `stop` turns true. A graceful
+    /// stop then hands a delivery that is waiting for its init container to the next leader (the
+    /// way a lost lease does) instead of holding the process up to a wrapping token's lifetime;
+    /// a push already on the wire still completes.
+    pub fn until_stopped(&self, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            rx: self.rx.clone(),
+            stop: Some(stop),
+        }
+    }
+
+    /// True while this replica leads (and, for [`Leadership::until_stopped`], is not stopping).
     pub fn is_leader(&self) -> bool {
-        *self.rx.borrow()
+        *self.rx.borrow() && !self.stop.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// Waits until this replica leads (true) or `stop` fires first (false).
@@ -551,7 +564,7 @@ pub fn start(
     let task =
         tokio::spawn(Elector::new(client.clone(), config).run(leading, stopped, admin.clone()));
     Ok((
-        Leadership { rx },
+        Leadership { rx, stop: None },
         Running {
             release: Some((stop, task, limit)),
         },
@@ -731,6 +744,24 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn deliveries_stop_leading_when_the_process_stops() {
+        let (lead_tx, rx) = watch::channel(true);
+        let leadership = Leadership { rx, stop: None };
+        let (stop_tx, stop) = watch::channel(false);
+        let deliveries = leadership.until_stopped(stop);
+        assert!(deliveries.is_leader());
+        stop_tx.send_replace(true);
+        assert!(!deliveries.is_leader(), "a stop ends it");
+        assert!(
+            leadership.is_leader(),
+            "the lease itself is held until released"
+        );
+        stop_tx.send_replace(false);
+        lead_tx.send_replace(false);
+        assert!(!deliveries.is_leader(), "a lost lease ends it too");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Process signals: the first SIGTERM or SIGINT asks for a graceful stop (in-flight deliveries
-//! finish, then the lease is released and the webhook drains); a second one exits at once.
+//! Process signals: the first SIGTERM or SIGINT asks for a graceful stop (pushes on the wire
+//! finish, deliveries still waiting for their init container are left to the next leader, then the
+//! lease is released and the webhook drains); a second one exits at once.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -27,7 +28,7 @@ pub fn on_signals() -> watch::Receiver<bool> {
             if n == 0 {
                 info!(
                     signal = name,
-                    "stopping: in-flight deliveries finish first (signal again to force)"
+                    "stopping: pushes in flight finish first (signal again to force)"
                 );
                 tx.send_replace(true);
             } else {

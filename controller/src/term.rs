@@ -109,7 +109,9 @@ where
         .reconcile_all_on(d.auth.recoveries())
         .graceful_shutdown_on(controller_ended.map(|_| ()));
     let synced = tokio::spawn(mark_synced(controller.store(), d.admin.clone()));
-    let ctx = Arc::new((d.context)(controller.store()).with_leadership(leadership.clone()));
+    let ctx = Arc::new(
+        (d.context)(controller.store()).with_leadership(leadership.until_stopped(stop.clone())),
+    );
     controller
         .run(deliver::reconcile, deliver::error_policy, ctx)
         .for_each(|result| async move {

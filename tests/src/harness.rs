@@ -357,6 +357,9 @@ pub struct StackOptions {
     pub vault_tls: bool,
     /// With `vault_tls`: give the controller vault-dev's CA (`--vault-cacert`).
     pub controller_trusts_vault_ca: bool,
+    /// What kube-dev's kubelet runs for the init container image; `None`: approle-init. A test
+    /// gives a stand-in to make an init container behave as approle-init cannot be made to.
+    pub init_binary: Option<PathBuf>,
     /// Keep the stack's directory (logs, the kubelet's pod directories) on tmpfs (`/dev/shm`)
     /// when there is one: the bench, so that the simulator's thousands of pod directories do not
     /// cost filesystem time that a figure would charge to the product.
@@ -375,6 +378,7 @@ impl Default for StackOptions {
             controller_auth: ControllerAuth::TokenFile,
             vault_tls: false,
             controller_trusts_vault_ca: true,
+            init_binary: None,
             tmpfs: false,
         }
     }
@@ -460,7 +464,10 @@ impl Stack {
             .arg("--root-dir")
             .arg(&kube_root)
             .arg("--init-binary")
-            .arg(bin_path("approle-init")?)
+            .arg(match &options.init_binary {
+                Some(binary) => binary.clone(),
+                None => bin_path("approle-init")?,
+            })
             .args(&options.kube_args)
             // kube-dev's allocator (mimalloc) keeps freed pages instead of handing them back
             // to the OS and faulting them in again a moment later (a tenth of its CPU).

@@ -1,8 +1,10 @@
 //! High availability: two controller replicas elect a leader through a Lease; only the leader
 //! delivers. Killing the leader in the middle of a burst loses no pod and delivers none twice;
-//! stopping it gracefully hands the lease over at once.
+//! stopping it gracefully hands the lease over at once, without waiting for init containers that
+//! do not answer.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use approle_testkit::harness::{self, ROLE, Stack, StackOptions, annotation, delivered};
@@ -233,4 +235,55 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
         .await
         .expect("delivered");
     stack.working_token(&pod).await.expect("works");
+}
+
+/// An init container that runs but never listens keeps its delivery retrying for up to a wrapping
+/// token's lifetime (here 60 s, less a margin). A graceful stop hands it to the next leader instead
+/// of waiting, and mints nothing for it: the pod's identity is checked before the mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_does_not_wait_for_an_init_container_that_never_answers() {
+    let _one = harness::exclusive().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let silent = dir.path().join("silent-init");
+    std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").expect("script");
+    std::fs::set_permissions(&silent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut stack = Stack::start(StackOptions {
+        init_binary: Some(silent),
+        controller_args: vec![
+            "--log-level=info,approle_controller=debug".into(),
+            "--wrap-ttl=60s".into(),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    let pod = stack
+        .pod("silent-0", json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    harness::wait_for(
+        "the delivery to wait for the init container",
+        Duration::from_secs(30),
+        || async {
+            stack.controllers[0]
+                .output()
+                .contains("init container not answering yet")
+                .then_some(())
+        },
+    )
+    .await
+    .expect("waiting");
+
+    let mut controller = stack.controllers.remove(0);
+    controller.terminate();
+    controller
+        .wait(Duration::from_secs(15))
+        .await
+        .expect("stopped without waiting out the wrapping token");
+    let output = controller.output();
+    assert!(output.contains("the next leader delivers"), "{output}");
+    assert!(output.contains("approle-controller stopped"), "{output}");
+    let live = stack.live_secret_ids(ROLE).await.expect("list");
+    assert!(live.is_empty(), "minted for a pod never verified: {live:?}");
+    stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
 }
