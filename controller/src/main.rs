@@ -64,7 +64,7 @@ use kube::runtime::events::Reporter;
 use tracing::{error, info, warn};
 
 /// jemalloc: 7–10 % less CPU per delivery than glibc's malloc, whose bin management took about a
-/// sixth of it, at about the same RSS (idle 15.0 MiB instead of 13.8; 10 000 cached pods 42 MiB
+/// sixth of it, at about the same RSS (idle 15–16 MiB instead of 14; 10 000 cached pods 42–43 MiB
 /// instead of 44). README, Benchmark.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
