@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -109,6 +109,14 @@ fn injected_pod(name: &str, mode: &str, restart_policy: &str) -> Pod {
 
 fn phase(p: &Pod) -> Option<&str> {
     p.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+/// The status of the pod's `i`-th init container, once reported.
+fn init_status(p: &Pod, i: usize) -> Option<ContainerStatus> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.get(i).cloned())
 }
 
 async fn wait_phase(pods: &Api<Pod>, name: &str, want: &'static str) -> Pod {
@@ -339,13 +347,7 @@ async fn failed_init_container_restarts_with_backoff_and_never_policy_fails_the_
         ]
     );
     let p = pods.get("flaky-0").await.expect("get");
-    let init = &p
-        .status
-        .as_ref()
-        .expect("status")
-        .init_container_statuses
-        .as_ref()
-        .expect("init")[1];
+    let init = init_status(&p, 1).expect("init status");
     assert_eq!(init.restart_count, 1);
     let last = init
         .last_state
@@ -361,13 +363,7 @@ async fn failed_init_container_restarts_with_backoff_and_never_policy_fails_the_
     .await
     .expect("create never-0");
     let failed = wait_phase(&pods, "never-0", "Failed").await;
-    let init = &failed
-        .status
-        .as_ref()
-        .expect("status")
-        .init_container_statuses
-        .as_ref()
-        .expect("init")[1];
+    let init = init_status(&failed, 1).expect("init status");
     let t = init
         .state
         .as_ref()
@@ -408,15 +404,9 @@ async fn a_restarted_sandbox_runs_the_init_containers_again_and_keeps_ip_and_vol
     )
     .await
     .expect("annotate");
-    let init = |p: &Pod, i: usize| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.init_container_statuses.as_ref())
-            .and_then(|c| c.get(i).cloned())
-    };
     let restarted = await_condition(pods.clone(), "again-0", move |p: Option<&Pod>| {
         p.is_some_and(|p| {
-            phase(p) == Some("Running") && init(p, 1).is_some_and(|c| c.restart_count == 1)
+            phase(p) == Some("Running") && init_status(p, 1).is_some_and(|c| c.restart_count == 1)
         })
     });
     let second = tokio::time::timeout(DEADLINE, restarted)
@@ -427,7 +417,7 @@ async fn a_restarted_sandbox_runs_the_init_containers_again_and_keeps_ip_and_vol
     assert_eq!(second.uid().as_deref(), Some(uid.as_str()));
     assert_eq!(second.status.as_ref().and_then(|s| s.pod_ip.clone()), ip);
     for i in 0..2 {
-        let c = init(&second, i).expect("init status");
+        let c = init_status(&second, i).expect("init status");
         assert_eq!(c.restart_count, 1, "{}", c.name);
         let done = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
             s.and_then(|s| s.terminated.as_ref())
@@ -610,13 +600,7 @@ async fn native_sidecar_init_container_keeps_running_next_to_the_app() {
         Some("running#0"),
         "the sidecar is still running while the pod runs"
     );
-    let sidecar = &p
-        .status
-        .as_ref()
-        .expect("status")
-        .init_container_statuses
-        .as_ref()
-        .expect("init statuses")[1];
+    let sidecar = init_status(&p, 1).expect("init status");
     assert!(sidecar.ready && sidecar.started == Some(true));
     let uid = p.uid().expect("uid");
     let pid_file = env.kd.pod_volume_dir(&uid, "vault-approle").join("pid");
