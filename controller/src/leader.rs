@@ -149,6 +149,17 @@ impl Leadership {
         }
     }
 
+    /// Resolves with the new state once leading is no longer `was` (at once if it already
+    /// differs). Never resolves if the elector is gone, or for [`Leadership::always`].
+    pub async fn changed(&self, was: bool) -> bool {
+        let mut rx = self.rx.clone();
+        let now = rx.wait_for(|leading| *leading != was).await.map(|now| *now);
+        match now {
+            Ok(now) => now,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Resolves once this replica no longer leads.
     pub async fn lost(&self) {
         let mut rx = self.rx.clone();
@@ -438,7 +449,7 @@ impl Elector {
                     Ok(Step::Holding) => break,
                     Ok(Step::HeldBy(holder)) => {
                         debug!(%holder, "lease held by another replica");
-                        // A standby watches nothing: it is as ready as it will get (the webhook
+                        // A standby delivers nothing: it is as ready as it will get (the webhook
                         // serves on every replica).
                         admin.ready.watch_synced.store(true, Ordering::Relaxed);
                     }
@@ -771,5 +782,29 @@ mod tests {
         let (_tx, mut stop) = watch::channel(false);
         assert!(l.acquired(&mut stop).await);
         assert!(l.is_leader());
+    }
+
+    #[tokio::test]
+    async fn changed_reports_each_change_of_leading_and_then_waits() {
+        let (lead_tx, rx) = watch::channel(false);
+        let l = Leadership { rx, stop: None };
+        let pending = |l: &Leadership, was| {
+            let l = l.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), l.changed(was))
+                    .await
+                    .is_err()
+            }
+        };
+        assert!(pending(&l, false).await, "no change yet");
+        assert!(!l.changed(true).await, "differs already: at once");
+        lead_tx.send_replace(true);
+        assert!(l.changed(false).await);
+        lead_tx.send_replace(false);
+        assert!(!l.changed(true).await);
+        // The elector gone (it leaves `false` behind): no change ever comes, and no busy loop.
+        drop(lead_tx);
+        assert!(pending(&l, false).await);
+        assert!(pending(&Leadership::always(), true).await);
     }
 }

@@ -16,9 +16,9 @@
 //!                  ─▶ annotate pod + Event
 //! ```
 //!
-//! Every replica serves the webhook and the admin port; only the leader ([`leader`], a Lease)
-//! runs delivery and revocation ([`term`]), and a new leader first finishes what its predecessor
-//! left ([`recover`]).
+//! Every replica serves the webhook and the admin port and watches pod deletions ([`revoke`]);
+//! only the leader ([`leader`], a Lease) delivers ([`term`]) and revokes, and a new leader first
+//! finishes what its predecessor left ([`recover`], and the deletions it saw while standing by).
 //!
 //! Modules: [`admin`] (metrics, health, readiness), [`args`] (flags and env), [`certs`] (CA, certificates, caBundle), [`webhook`]
 //! (admission), [`decide`] (pure per-pod decision), [`deliver`] (reconcile), [`revoke`] (token revocation on pod deletion or replacement), [`pod`] (the controller's small pod type: what the cache keeps), [`push`] (the mTLS
@@ -61,6 +61,7 @@ use clap::Parser;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Reporter;
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::{error, info, warn};
 
 /// jemalloc: 7–10 % less CPU per delivery than glibc's malloc, whose bin management took about a
@@ -187,6 +188,19 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::on_signals();
     let (leadership, elector) = leader::start(&args, &client, &self_namespace, &instance, &admin)
         .map_err(anyhow::Error::msg)?;
+    // Every replica watches pod deletions for the life of the process: a standby keeps them for
+    // when it takes over (revoke.rs).
+    tokio::spawn(revoke::run(
+        watcher::watcher(
+            pod_metas,
+            watcher::Config::default().labels(&pod::managed_selector()),
+        )
+        .default_backoff(),
+        leadership.clone(),
+        vault.clone(),
+        auth.clone(),
+        admin.clone(),
+    ));
     // A minted secret_id is in use for at most its wrap TTL, plus the push and the Vault calls.
     let orphans = orphans::Orphans::new(args.wrap_ttl + args.push_timeout + 2 * args.vault_timeout);
     tokio::spawn(orphans.clone().run(
@@ -208,7 +222,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let delivery = term::Delivery {
         pods,
-        pod_metas,
         concurrency: args.concurrency,
         vault: vault.clone(),
         auth: auth.clone(),

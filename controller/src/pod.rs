@@ -23,10 +23,15 @@
 
 use std::collections::BTreeMap;
 
-use approle_shared::INIT_CONTAINER_NAME;
+use approle_shared::{INIT_CONTAINER_NAME, MANAGED_LABEL};
 use k8s_openapi::api::core::v1::ContainerState;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer, Serialize};
+
+/// The label selector of managed pods, which the controller's watches and lists ask for.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_LABEL}=true")
+}
 
 /// Annotation kubectl writes with the whole last-applied object: never read, often the biggest.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

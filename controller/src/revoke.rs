@@ -4,12 +4,24 @@
 //! container (a new run, after a lost pod sandbox) gets its own token, [`crate::deliver`] revokes
 //! the previous run's once the new accessor is recorded.
 //!
+//! ```text
+//!   metadata watch of managed pods (every replica, whole process life)
+//!        │ Apply / InitApply ──▶ Tracker: pod UID → (pod, accessor)
+//!        │ Delete ─────────────▶ gone
+//!        │ Init … InitDone ────▶ gone: tracked pods missing from the new list (a watch that
+//!        ▼                        expired with 410 re-lists; deletions in between have no event)
+//!   gone ──leading──▶ revoke now
+//!        └─standby──▶ kept STANDBY_WINDOW ──this replica takes over──▶ revoke (those its
+//!                                                 predecessor already revoked are found gone)
+//! ```
+//!
 //! A separate watch of managed pods feeds this, not a finalizer: a finalizer would block every pod
-//! deletion while the controller is down. What this cannot see (a pod deleted while no controller
-//! runs) still ends by the token's own TTL. The watch asks for metadata only
-//! (`PartialObjectMetadata`): name, namespace and the accessor annotation are all it reads, so the
-//! API server sends, and the controller decodes, a fraction of each pod change.
+//! deletion while the controller is down. What this cannot see (a pod deleted while no replica
+//! runs at all) still ends by the token's own TTL. The watch asks for metadata only
+//! (`PartialObjectMetadata`): name, namespace, UID and the accessor annotation are all it reads, so
+//! the API server sends, and the controller decodes, a fraction of each pod change.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,45 +32,208 @@ use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
+use crate::leader::Leadership;
 use crate::vault_auth::VaultAuth;
 
-/// Consumes watch events and revokes the token of every deleted pod that has one.
+/// How long a replica that does not lead keeps the deletions it sees, to revoke them itself if it
+/// takes over: the leader it replaces may have died (or lost its lease) before revoking them.
+/// Several lease durations; a takeover re-checks at most this much of the past.
+pub const STANDBY_WINDOW: Duration = Duration::from_secs(300);
+/// At most this many deletions are kept while standing by (the oldest go first).
+const STANDBY_CAP: usize = 10_000;
+/// Revocations of a takeover's backlog in flight at once.
+const BACKLOG_CONCURRENCY: usize = 8;
+
+/// Consumes the watch of managed pods for the life of the process, on every replica: the leader
+/// revokes the token of every deleted pod that has one; a standby keeps the deletions of the last
+/// [`STANDBY_WINDOW`] and revokes them when it takes over.
 pub async fn run(
     events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Pod>>, watcher::Error>>,
+    leadership: Leadership,
     vault: Vault,
     auth: Arc<VaultAuth>,
     admin: Arc<Admin>,
 ) {
     let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Delete(pod)) => pod,
-            Ok(_) => continue,
-            Err(e) => {
-                warn!(error = %e, "revocation watch");
+    let mut tracker = Tracker::default();
+    let mut standby = Standby::default();
+    let mut leading = leadership.is_leader();
+    loop {
+        let gone = tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Ok(event)) => tracker.event(event),
+                Some(Err(e)) => {
+                    warn!(error = %e, "revocation watch");
+                    continue;
+                }
+            },
+            now_leading = leadership.changed(leading) => {
+                leading = now_leading;
+                if leading {
+                    let backlog = standby.take(Instant::now());
+                    if !backlog.is_empty() {
+                        info!(
+                            pods = backlog.len(),
+                            "leading now: revoking the tokens of pods deleted while another replica led (tokens it revoked already are found gone)"
+                        );
+                    }
+                    futures::stream::iter(backlog)
+                        .for_each_concurrent(BACKLOG_CONCURRENCY, |r| {
+                            let (vault, auth, admin) = (&vault, &auth, &admin);
+                            async move {
+                                revoke(&r.owner, &r.accessor, Why::DeletedBeforeLeading, vault, auth, admin).await;
+                            }
+                        })
+                        .await;
+                }
                 continue;
             }
         };
-        let Some(accessor) = pod.annotations().get(TOKEN_ACCESSOR).cloned() else {
-            continue;
-        };
-        revoke(
-            &Owner::of(&pod),
-            &accessor,
-            Why::PodDeleted,
-            &vault,
-            &auth,
-            &admin,
-        )
-        .await;
+        for r in gone {
+            if leadership.is_leader() {
+                revoke(
+                    &r.owner,
+                    &r.accessor,
+                    Why::PodDeleted,
+                    &vault,
+                    &auth,
+                    &admin,
+                )
+                .await;
+            } else {
+                debug!(
+                    pod.namespace = r.owner.namespace,
+                    pod.name = r.owner.name,
+                    token_accessor = r.accessor,
+                    "pod deleted while another replica leads: kept in case this replica takes over"
+                );
+                standby.push(Instant::now(), r);
+            }
+        }
+    }
+}
+
+/// The token recorded on a managed pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The pod.
+    pub owner: Owner,
+    /// `vault-approle.io/token-accessor`.
+    pub accessor: String,
+}
+
+impl Recorded {
+    /// The token recorded on this pod, if any.
+    fn of(pod: &impl ResourceExt) -> Option<Self> {
+        let accessor = pod.annotations().get(TOKEN_ACCESSOR)?.clone();
+        Some(Self {
+            owner: Owner::of(pod),
+            accessor,
+        })
+    }
+}
+
+/// The managed pods holding a token, by UID, as the watch has shown them: what tells a pod that
+/// vanished during a re-list (no Delete event) from one that is still there.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    tokens: HashMap<String, Recorded>,
+    /// UIDs listed so far by a re-list in progress (between `Init` and `InitDone`).
+    relisted: Option<HashSet<String>>,
+}
+
+impl Tracker {
+    /// Takes one watch event; returns the tokens whose pods are gone.
+    pub fn event(&mut self, event: watcher::Event<PartialObjectMeta<Pod>>) -> Vec<Recorded> {
+        match event {
+            watcher::Event::Apply(pod) => {
+                self.record(&pod);
+                Vec::new()
+            }
+            watcher::Event::Delete(pod) => {
+                let last_seen = self.tokens.remove(&pod.uid().unwrap_or_default());
+                // The deleted object's own annotation, else the last one the watch showed.
+                Recorded::of(&pod).or(last_seen).into_iter().collect()
+            }
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                if let Some(listed) = &mut self.relisted {
+                    listed.insert(pod.uid().unwrap_or_default());
+                }
+                self.record(&pod);
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let Some(listed) = self.relisted.take() else {
+                    return Vec::new();
+                };
+                let vanished: Vec<String> = self
+                    .tokens
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                vanished
+                    .iter()
+                    .filter_map(|uid| self.tokens.remove(uid))
+                    .collect()
+            }
+        }
+    }
+
+    fn record(&mut self, pod: &PartialObjectMeta<Pod>) {
+        let uid = pod.uid().unwrap_or_default();
+        match Recorded::of(pod) {
+            Some(r) => {
+                self.tokens.insert(uid, r);
+            }
+            None => {
+                self.tokens.remove(&uid);
+            }
+        }
+    }
+}
+
+/// Deletions seen while another replica leads, newest last.
+#[derive(Debug, Default)]
+struct Standby(VecDeque<(Instant, Recorded)>);
+
+impl Standby {
+    fn push(&mut self, at: Instant, r: Recorded) {
+        if self.0.len() == STANDBY_CAP {
+            self.0.pop_front();
+        }
+        self.0.push_back((at, r));
+        self.expire(at);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > STANDBY_WINDOW)
+        {
+            self.0.pop_front();
+        }
+    }
+
+    /// The deletions of the last [`STANDBY_WINDOW`], leaving none.
+    fn take(&mut self, now: Instant) -> Vec<Recorded> {
+        self.expire(now);
+        self.0.drain(..).map(|(_, r)| r).collect()
     }
 }
 
 /// The pod a token was delivered to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     namespace: String,
     name: String,
@@ -84,6 +259,8 @@ pub enum Why {
     PodDeleted,
     /// A newer run of the pod's init container got a token of its own.
     Replaced,
+    /// Its pod was deleted while another replica led (which has most likely revoked it already).
+    DeletedBeforeLeading,
 }
 
 impl Why {
@@ -91,6 +268,7 @@ impl Why {
         match self {
             Why::PodDeleted => "the token of a deleted pod",
             Why::Replaced => "the token of the init container's previous run",
+            Why::DeletedBeforeLeading => "the token of a pod deleted while another replica led",
         }
     }
 }
@@ -125,8 +303,13 @@ pub async fn revoke(
             })
             .await;
         match revoked {
+            // The usual case: the leader of the time revoked it (the takeover's log line says how
+            // many pods were checked).
+            Ok(Some(Destroyed::AlreadyGone)) if why == Why::DeletedBeforeLeading => return,
             Ok(Some(outcome)) => {
-                admin.metrics.tokens_revoked.inc();
+                if outcome == Destroyed::Destroyed {
+                    admin.metrics.tokens_revoked.inc();
+                }
                 info!(
                     pod.namespace = ns,
                     pod.name = name,
@@ -153,5 +336,132 @@ pub async fn revoke(
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::core::PartialObjectMetaExt;
+    use watcher::Event;
+
+    /// A managed pod as the metadata watch shows it, with a recorded accessor or none.
+    fn pod(name: &str, accessor: Option<&str>) -> PartialObjectMeta<Pod> {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(format!("uid-{name}")),
+            annotations: accessor.map(|a| [(TOKEN_ACCESSOR.to_string(), a.to_string())].into()),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial()
+    }
+
+    fn accessors(gone: &[Recorded]) -> Vec<&str> {
+        let mut v: Vec<&str> = gone.iter().map(|r| r.accessor.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A watch's first list, as the watcher emits it.
+    fn list(t: &mut Tracker, pods: &[PartialObjectMeta<Pod>]) -> Vec<Recorded> {
+        let mut gone = t.event(Event::Init);
+        for p in pods {
+            gone.extend(t.event(Event::InitApply(p.clone())));
+        }
+        gone.extend(t.event(Event::InitDone));
+        gone
+    }
+
+    #[test]
+    fn a_deleted_pod_gives_its_token_and_only_then() {
+        let mut t = Tracker::default();
+        assert!(list(&mut t, &[pod("a", Some("acc-a")), pod("b", None)]).is_empty());
+        assert!(t.event(Event::Apply(pod("b", Some("acc-b")))).is_empty());
+        let gone = t.event(Event::Delete(pod("a", Some("acc-a"))));
+        assert_eq!(
+            gone,
+            vec![Recorded {
+                owner: Owner {
+                    namespace: "default".into(),
+                    name: "a".into(),
+                    uid: "uid-a".into()
+                },
+                accessor: "acc-a".into()
+            }]
+        );
+        // A pod that never held a token gives nothing.
+        assert!(t.event(Event::Delete(pod("c", None))).is_empty());
+        // The last accessor seen counts when the deleted object carries none.
+        assert_eq!(
+            accessors(&t.event(Event::Delete(pod("b", None)))),
+            ["acc-b"]
+        );
+    }
+
+    #[test]
+    fn pods_missing_from_a_relist_are_gone_as_if_deleted() {
+        let mut t = Tracker::default();
+        list(
+            &mut t,
+            &[
+                pod("stays", Some("acc-1")),
+                pod("went", Some("acc-2")),
+                pod("also-went", Some("acc-3")),
+                pod("no-token", None),
+            ],
+        );
+        // The watch expired (410): the re-list no longer has two of them, and no Delete came.
+        let gone = list(
+            &mut t,
+            &[pod("stays", Some("acc-1")), pod("new", Some("acc-4"))],
+        );
+        assert_eq!(accessors(&gone), ["acc-2", "acc-3"]);
+        // Nothing is given twice, and the pods of the new list are tracked.
+        assert!(
+            list(
+                &mut t,
+                &[pod("stays", Some("acc-1")), pod("new", Some("acc-4"))]
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            accessors(&t.event(Event::Delete(pod("new", Some("acc-4"))))),
+            ["acc-4"]
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_annotation_was_removed_is_no_longer_tracked() {
+        let mut t = Tracker::default();
+        list(&mut t, &[pod("a", Some("acc-a"))]);
+        t.event(Event::Apply(pod("a", None)));
+        assert!(list(&mut t, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_standby_keeps_the_deletions_of_the_window_and_gives_them_once() {
+        let start = Instant::now();
+        let mut s = Standby::default();
+        let gone = |name: &str| Recorded {
+            owner: Owner {
+                namespace: "default".into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+            },
+            accessor: format!("acc-{name}"),
+        };
+        s.push(start, gone("old"));
+        s.push(start + Duration::from_secs(10), gone("recent"));
+        let taken = s.take(start + STANDBY_WINDOW + Duration::from_secs(5));
+        assert_eq!(accessors(&taken), ["acc-recent"]);
+        assert!(s.take(start + STANDBY_WINDOW).is_empty());
+        for i in 0..STANDBY_CAP + 3 {
+            s.push(start, gone(&format!("p{i}")));
+        }
+        let taken = s.take(start);
+        assert_eq!(taken.len(), STANDBY_CAP);
+        assert_eq!(taken[0].owner.name, "p3", "the oldest go first");
     }
 }

@@ -1,9 +1,10 @@
-//! Leadership terms: while this replica leads, it runs the delivery controller and the revocation
-//! watch; when leadership is lost (or the process stops) both end gracefully and the replica
-//! waits to lead again. The webhook and the admin port run outside terms, on every replica.
+//! Leadership terms: while this replica leads, it runs the delivery controller; when leadership is
+//! lost (or the process stops) it ends gracefully and the replica waits to lead again. The
+//! webhook, the admin port and the revocation watch ([`crate::revoke`]) run outside terms, on
+//! every replica.
 //!
 //! ```text
-//!   wait until leading ─▶ sweep orphaned secret_ids ─▶ Controller + revoke watch
+//!   wait until leading ─▶ sweep orphaned secret_ids ─▶ Controller
 //!          ▲                                              │ lost / stop: no new work,
 //!          └────────────── (not stopping) ◀───────────────┘ in-flight deliveries end
 //! ```
@@ -15,17 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::pod::Pod;
-use approle_shared::MANAGED_LABEL;
+use crate::pod::{self, Pod};
 use approle_shared::annotations::{ROLE, RoleName};
 use approle_shared::vault::Vault;
 use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -33,17 +32,15 @@ use crate::admin::Admin;
 use crate::leader::Leadership;
 use crate::policy::Authorizer;
 use crate::vault_auth::VaultAuth;
-use crate::{deliver, orphans, revoke};
+use crate::{deliver, orphans};
 
 /// What a term needs; `context` builds the delivery context around the term's pod cache.
 pub struct Delivery<F> {
     /// Where the pods are watched.
     pub pods: Api<Pod>,
-    /// The same pods as metadata only, for the revocation watch.
-    pub pod_metas: Api<PartialObjectMeta<Pod>>,
     /// Pods delivered at the same time.
     pub concurrency: u16,
-    /// Vault, for the revocation watch and the orphan sweep.
+    /// Vault, for the orphan sweep.
     pub vault: Vault,
     /// The controller's Vault login.
     pub auth: Arc<VaultAuth>,
@@ -74,10 +71,8 @@ async fn one<F>(d: &Delivery<F>, leadership: &Leadership, stop: &watch::Receiver
 where
     F: Fn(Store<Pod>) -> deliver::Context,
 {
-    // Two one-shot signals for the end of the term: one ends the controller, one the revocation
-    // watch (the controller needs a Send + Sync future).
+    // A one-shot signal for the end of the term (the controller needs a Send + Sync future).
     let (end_controller, controller_ended) = oneshot::channel::<()>();
-    let (end_revoke, revoke_ended) = oneshot::channel::<()>();
     let watcher_task = {
         let (leadership, mut stop) = (leadership.clone(), stop.clone());
         tokio::spawn(async move {
@@ -86,19 +81,10 @@ where
                 _ = stop.wait_for(|s| *s) => {}
             }
             let _ = end_controller.send(());
-            let _ = end_revoke.send(());
         })
     };
     sweep(d).await;
-    let watch = watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true"));
-    let revoking = tokio::spawn(revoke::run(
-        watcher::watcher(d.pod_metas.clone(), watch.clone())
-            .default_backoff()
-            .take_until(revoke_ended),
-        d.vault.clone(),
-        d.auth.clone(),
-        d.admin.clone(),
-    ));
+    let watch = watcher::Config::default().labels(&pod::managed_selector());
     // The cache holds the controller's own small `Pod` (pod.rs), decoded straight from the watch.
     let controller = Controller::new(d.pods.clone(), watch)
         .with_config(Config::default().concurrency(d.concurrency))
@@ -122,9 +108,6 @@ where
         .await;
     synced.abort();
     watcher_task.abort();
-    if let Err(e) = revoking.await {
-        warn!(error = %e, "revocation watch ended abnormally");
-    }
     info!("delivery stopped: in-flight deliveries ended");
 }
 
@@ -153,7 +136,7 @@ async fn mark_synced(store: Store<Pod>, admin: Arc<Admin>) {
 async fn sweep<F>(d: &Delivery<F>) {
     let listed = d
         .pods
-        .list(&ListParams::default().labels(&format!("{MANAGED_LABEL}=true")))
+        .list(&ListParams::default().labels(&pod::managed_selector()))
         .await;
     let pods = match listed {
         Ok(list) if list.items.is_empty() => return,

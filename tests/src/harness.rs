@@ -1089,6 +1089,16 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         Ok(())
     }
 
+    /// Deletes a pod in `default` and waits until the API no longer has it (the kubelet ends its
+    /// containers first).
+    pub async fn delete_and_wait_gone(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.delete(name).await?;
+        wait_for(&format!("pod {name} to be gone"), timeout, || async {
+            matches!(self.pods().get_opt(name).await, Ok(None)).then_some(())
+        })
+        .await
+    }
+
     /// Restarts the sandbox of a running pod in `default` (kube-dev's kubelet then runs its init
     /// containers again, as after a node reboot): sets kube-dev's
     /// [`crate::kube_dev::kubelet::RESTART_SANDBOX_ANNOTATION`] to a new value.
@@ -1161,6 +1171,44 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// GET `path` on Vault with `token`, from `source` as the local address (Vault binds pod
+    /// tokens to the pod's IP): the status and the JSON body (`null` if none).
+    pub async fn vault_get(
+        &self,
+        path: &str,
+        token: &str,
+        source: std::net::IpAddr,
+    ) -> anyhow::Result<(u16, Value)> {
+        let client = reqwest::Client::builder()
+            .local_address(source)
+            .tls_certs_only(Vec::new())
+            .build()?;
+        let resp = client
+            .get(format!("{}/v1/{path}", self.vault_url))
+            .header("X-Vault-Token", token)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Waits until Vault refuses `token` (used from `source`, its pod's IP) as revoked.
+    pub async fn wait_token_revoked(
+        &self,
+        what: &str,
+        token: &str,
+        source: std::net::IpAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(what, timeout, || async {
+            let status = self
+                .vault_get("auth/token/lookup-self", token, source)
+                .await;
+            matches!(status, Ok((403, _))).then_some(())
+        })
+        .await
+    }
+
     /// Reads the token a pod received and proves it works from the pod's own address (Vault
     /// binds it there) with `auth/token/lookup-self`.
     pub async fn working_token(&self, pod: &Pod) -> anyhow::Result<PodToken> {
@@ -1171,22 +1219,12 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
             .and_then(|s| s.pod_ip.clone())
             .with_context(|| format!("pod {name} has no IP"))?;
         let token = self.pod_token(pod)?;
-        let client = reqwest::Client::builder()
-            .local_address(ip.parse::<std::net::IpAddr>()?)
-            .tls_certs_only(Vec::new())
-            .build()?;
-        let resp = client
-            .get(format!("{}/v1/auth/token/lookup-self", self.vault_url))
-            .header("X-Vault-Token", &token)
-            .send()
+        let (status, body) = self
+            .vault_get("auth/token/lookup-self", &token, ip.parse()?)
             .await?;
-        if resp.status() != 200 {
-            bail!(
-                "pod {name}: its token does not work from {ip}: {}",
-                resp.status()
-            );
+        if status != 200 {
+            bail!("pod {name}: its token does not work from {ip}: {status}");
         }
-        let body: Value = resp.json().await?;
         let accessor = body["data"]["accessor"]
             .as_str()
             .unwrap_or_default()

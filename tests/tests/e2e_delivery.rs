@@ -23,20 +23,13 @@ fn pod_ip(p: &Pod) -> IpAddr {
 }
 
 /// GET `path` on Vault with `token`, from `source` as local address.
-async fn vault_get(url: &str, path: &str, token: &str, source: IpAddr) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::builder()
-        .local_address(source)
-        .tls_certs_only(Vec::new())
-        .build()
-        .expect("client");
-    let resp = client
-        .get(format!("{url}/v1/{path}"))
-        .header("X-Vault-Token", token)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+async fn vault_get(
+    stack: &Stack,
+    path: &str,
+    token: &str,
+    source: IpAddr,
+) -> (u16, serde_json::Value) {
+    stack.vault_get(path, token, source).await.expect("request")
 }
 
 /// Creates an annotated pod in `default` and waits until it is delivered.
@@ -53,12 +46,10 @@ async fn delivered_pod(stack: &Stack, name: &str) -> Pod {
 
 /// Waits until Vault refuses `token` (used from `ip`) as revoked.
 async fn wait_revoked(stack: &Stack, what: &str, token: &str, ip: IpAddr) {
-    harness::wait_for(what, DELIVERY, || async {
-        let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", token, ip).await;
-        (status == 403).then_some(())
-    })
-    .await
-    .expect("revoked");
+    stack
+        .wait_token_revoked(what, token, ip, DELIVERY)
+        .await
+        .expect("revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +67,7 @@ async fn annotated_pod_gets_a_working_token_bound_to_its_own_address() {
         .cloned();
 
     // The token works from the pod's own address...
-    let (status, body) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
+    let (status, body) = vault_get(&stack, "auth/token/lookup-self", &token, ip).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         Some(
@@ -89,12 +80,12 @@ async fn annotated_pod_gets_a_working_token_bound_to_its_own_address() {
     );
     assert_eq!(body["data"]["meta"]["pod"], "web-0");
     assert_eq!(body["data"]["meta"]["role_name"], ROLE);
-    let (status, body) = vault_get(&stack.vault_url, "secret/data/web/config", &token, ip).await;
+    let (status, body) = vault_get(&stack, "secret/data/web/config", &token, ip).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["data"]["greeting"], "hello");
     // ...and from no other.
     let other: IpAddr = "127.0.0.1".parse().expect("ip");
-    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, other).await;
+    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &token, other).await;
     assert_eq!(
         status, 403,
         "a token bound to the pod IP must be refused elsewhere"
@@ -358,7 +349,7 @@ async fn deleting_a_pod_revokes_its_token() {
     let pod = delivered_pod(&stack, "bye-0").await;
     let ip = pod_ip(&pod);
     let token = stack.pod_token(&pod).expect("token");
-    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &token, ip).await;
+    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &token, ip).await;
     assert_eq!(status, 200, "the token works while the pod lives");
 
     stack.delete("bye-0").await.expect("delete");
@@ -374,7 +365,7 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     let ip = pod_ip(&first);
     let old = stack.pod_token(&first).expect("token");
     let old_accessor = harness::annotation(&first, ACCESSOR).expect("accessor");
-    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &old, ip).await;
+    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &old, ip).await;
     assert_eq!(status, 200, "the first run's token works");
 
     // A lost sandbox: the kubelet runs the init container again, which asks for a credential.
@@ -398,7 +389,7 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     );
     let new = stack.pod_token(&second).expect("token");
     assert_ne!(new, old);
-    let (status, body) = vault_get(&stack.vault_url, "auth/token/lookup-self", &new, ip).await;
+    let (status, body) = vault_get(&stack, "auth/token/lookup-self", &new, ip).await;
     assert_eq!(status, 200, "the second run's token works: {body}");
     assert_eq!(
         body["data"]["accessor"].as_str(),
@@ -406,7 +397,7 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     );
     // One live credential per pod: the replaced token is revoked.
     wait_revoked(&stack, "the first run's token to be revoked", &old, ip).await;
-    let (status, _) = vault_get(&stack.vault_url, "auth/token/lookup-self", &new, ip).await;
+    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &new, ip).await;
     assert_eq!(status, 200, "the second run's token still works");
     stack.assert_no_secrets(&[&old, &new, &stack.controller_token, harness::ROOT_TOKEN]);
 }

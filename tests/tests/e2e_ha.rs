@@ -1,7 +1,7 @@
 //! High availability: two controller replicas elect a leader through a Lease; only the leader
 //! delivers. Killing the leader in the middle of a burst loses no pod and delivers none twice;
 //! stopping it gracefully hands the lease over at once, without waiting for init containers that
-//! do not answer.
+//! do not answer; a pod deleted between two leaders still has its token revoked.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -40,6 +40,37 @@ async fn delivered_pods(stack: &Stack) -> Vec<Pod> {
         .unwrap_or_default()
 }
 
+/// Waits for a leader, then creates `name` and waits until it is delivered: the leader's index,
+/// the lease holder and the delivered pod.
+async fn leader_delivers(stack: &Stack, name: &str) -> (usize, String, Pod) {
+    let leader = stack
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let holder = stack.lease_holder().await.expect("lease");
+    let pod = stack
+        .pod(name, json!({"vault-approle.io/role": ROLE}))
+        .expect("pod");
+    stack.create(&pod).await.expect("create");
+    let pod = stack
+        .wait_pod(name, "delivered", DELIVERY, delivered)
+        .await
+        .expect("delivered by the first leader");
+    (leader, holder, pod)
+}
+
+/// Waits (up to `timeout`) until the Lease names a holder other than `old`, and returns it.
+async fn next_holder(stack: &Stack, what: &str, old: &str, timeout: Duration) -> String {
+    harness::wait_for(what, timeout, || async {
+        stack
+            .lease_holder()
+            .await
+            .filter(|h| h != old && !h.is_empty())
+    })
+    .await
+    .expect(what)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_mid_burst_delivers_every_pod_exactly_once() {
     let _one = harness::exclusive().await;
@@ -69,14 +100,13 @@ async fn killing_the_leader_mid_burst_delivers_every_pod_exactly_once() {
     eprintln!("killed the leader with {at_kill}/{BURST} pods delivered");
 
     // The other replica takes over once the lease expires, and delivers the rest.
-    let new_holder = harness::wait_for("a new leader", Duration::from_secs(20), || async {
-        stack
-            .lease_holder()
-            .await
-            .filter(|h| *h != first_holder && !h.is_empty())
-    })
-    .await
-    .expect("takeover");
+    let new_holder = next_holder(
+        &stack,
+        "a new leader",
+        &first_holder,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_ne!(stack.controller_index(&new_holder), Some(leader));
     harness::wait_for("every pod delivered", DELIVERY, || async {
         (delivered_pods(&stack).await.len() == BURST).then_some(())
@@ -144,19 +174,7 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
     let _one = harness::exclusive().await;
     // Default timings: a lease that merely expired would keep the successor waiting 15 s.
     let mut stack = two_replicas(&[]).await;
-    let leader = stack
-        .wait_leader(Duration::from_secs(10))
-        .await
-        .expect("a leader");
-    let first_holder = stack.lease_holder().await.expect("lease");
-    let pod = stack
-        .pod("before-0", json!({"vault-approle.io/role": ROLE}))
-        .expect("pod");
-    stack.create(&pod).await.expect("create");
-    let before = stack
-        .wait_pod("before-0", "delivered", DELIVERY, delivered)
-        .await
-        .expect("delivered by the first leader");
+    let (leader, first_holder, before) = leader_delivers(&stack, "before-0").await;
     // What a leader that died between minting and pushing leaves behind: a live secret_id whose
     // metadata names one of our pods. And one of somebody else's, which must survive.
     let mint = |pod_uid: String| {
@@ -187,14 +205,13 @@ async fn a_leader_stopped_gracefully_hands_over_at_once() {
     assert!(old.output().contains("lease released"), "{}", old.output());
     // Released: the standby's next attempt (every ~2–4 s) takes it, well within the 15 s lease.
     let started = std::time::Instant::now();
-    let holder = harness::wait_for("the standby to lead", Duration::from_secs(8), || async {
-        stack
-            .lease_holder()
-            .await
-            .filter(|h| *h != first_holder && !h.is_empty())
-    })
-    .await
-    .expect("handover");
+    let holder = next_holder(
+        &stack,
+        "the standby to lead",
+        &first_holder,
+        Duration::from_secs(8),
+    )
+    .await;
     eprintln!("handover after {:?}", started.elapsed());
     let survivor = stack.controller_index(&holder).expect("one of ours");
     // Admission goes to the surviving replica (every replica serves the webhook).
@@ -286,4 +303,49 @@ async fn a_graceful_stop_does_not_wait_for_an_init_container_that_never_answers(
     let live = stack.live_secret_ids(ROLE).await.expect("list");
     assert!(live.is_empty(), "minted for a pod never verified: {live:?}");
     stack.assert_no_secrets(&[&stack.controller_token, harness::ROOT_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_while_no_replica_leads_has_its_token_revoked_by_the_next_leader() {
+    let _one = harness::exclusive().await;
+    let mut stack = two_replicas(&FAST_ELECTION).await;
+    let (leader, dead_holder, pod) = leader_delivers(&stack, "gap-0").await;
+    let token = stack.working_token(&pod).await.expect("a working token");
+
+    // The leader dies; the pod is deleted before the standby may take the lease over.
+    stack.controllers[leader].kill().await;
+    stack
+        .delete_and_wait_gone("gap-0", Duration::from_secs(30))
+        .await
+        .expect("deleted");
+    assert_eq!(
+        stack.lease_holder().await.as_deref(),
+        Some(dead_holder.as_str()),
+        "the deletion must fall in the gap between the leaders"
+    );
+    let new_holder = next_holder(
+        &stack,
+        "a new leader",
+        &dead_holder,
+        Duration::from_secs(20),
+    )
+    .await;
+    stack
+        .wait_token_revoked(
+            "the new leader to revoke the token of the pod deleted in the gap",
+            &token.token,
+            token.ip.parse().expect("pod IP"),
+            DELIVERY,
+        )
+        .await
+        .expect("revoked");
+    let survivor = stack
+        .controller_index(&new_holder)
+        .expect("the new leader is one of ours");
+    let out = stack.controllers[survivor].output();
+    assert!(
+        out.contains("revoked the token of a pod deleted while another replica led"),
+        "{out}"
+    );
+    stack.assert_no_secrets(&[&token.token, &stack.controller_token, harness::ROOT_TOKEN]);
 }

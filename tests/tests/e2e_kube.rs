@@ -59,7 +59,8 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_missing_a_pod() {
+async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_missing_a_pod_or_a_deletion()
+ {
     let _one = harness::exclusive().await;
     let kube_args = [
         "--watch-history",
@@ -79,10 +80,11 @@ async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_m
         .pod("early-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
     stack.create(&early).await.expect("create");
-    stack
+    let early = stack
         .wait_pod("early-0", "delivered", DELIVERY, delivered)
         .await
         .expect("delivered");
+    let early_token = stack.working_token(&early).await.expect("a working token");
 
     // Freeze the controller; kube-dev ends its pod watch within a second (--max-watch-duration).
     let kube = stack.kube.as_ref().expect("kube-dev");
@@ -103,6 +105,12 @@ async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_m
     )
     .await;
 
+    // A delivered pod deleted meanwhile: its Delete event falls out of the history window too,
+    // so only the re-list can tell the controller that it is gone.
+    stack
+        .delete_and_wait_gone("early-0", DELIVERY)
+        .await
+        .expect("early-0 deleted");
     // More changes than the history window holds, then the pod the controller must not miss.
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(stack.kube_client(), "default");
@@ -130,4 +138,21 @@ async fn a_watch_that_falls_behind_gets_410_and_the_controller_relists_without_m
             .any(|l| l.contains("410 Expired") && l.contains("pods")),
         "the controller's resumed watch must have been answered 410:\n{out}"
     );
+    // No Delete event ever reached the controller for early-0, yet its token is revoked: the pod
+    // is missing from the re-list.
+    let ip = early_token.ip.parse().expect("pod IP");
+    stack
+        .wait_token_revoked(
+            "the token of the pod deleted during the gap to be revoked",
+            &early_token.token,
+            ip,
+            DELIVERY,
+        )
+        .await
+        .expect("revoked");
+    stack.assert_no_secrets(&[
+        &early_token.token,
+        &stack.controller_token,
+        harness::ROOT_TOKEN,
+    ]);
 }
