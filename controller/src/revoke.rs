@@ -6,11 +6,11 @@
 //!
 //! ```text
 //!   metadata watch of managed pods (every replica, whole process life)
-//!        │ Apply / InitApply ──▶ Tracker: pod UID → (pod, accessor)
+//!        │ Apply / InitApply ──▶ Tracker: pod UID → (pod, accessors seen: the first + edits)
 //!        │ Delete ─────────────▶ gone
 //!        │ Init … InitDone ────▶ gone: tracked pods missing from the new list (a watch that
 //!        ▼                        expired with 410 re-lists; deletions in between have no event)
-//!   gone ──leading──▶ revoke now
+//!   gone ──leading──▶ revoke each accessor whose token's metadata names the pod
 //!        └─standby──▶ kept STANDBY_WINDOW ──this replica takes over──▶ revoke (those its
 //!                                                 predecessor already revoked are found gone)
 //! ```
@@ -127,22 +127,45 @@ pub struct Recorded {
     pub accessor: String,
 }
 
-impl Recorded {
-    /// The token recorded on this pod, if any.
-    fn of(pod: &impl ResourceExt) -> Option<Self> {
-        let accessor = pod.annotations().get(TOKEN_ACCESSOR)?.clone();
-        Some(Self {
-            owner: Owner::of(pod),
+/// Accessors remembered per pod: the one the controller recorded, and any it was edited to.
+const ACCESSORS_PER_POD: usize = 4;
+
+/// The tokens recorded on one pod over time, oldest first.
+#[derive(Debug)]
+struct Tracked {
+    owner: Owner,
+    accessors: Vec<String>,
+}
+
+impl Tracked {
+    fn note(&mut self, accessor: Option<&String>) {
+        let Some(accessor) = accessor else { return };
+        if self.accessors.contains(accessor) {
+            return;
+        }
+        if self.accessors.len() == ACCESSORS_PER_POD {
+            // The first one seen stays (normally the controller's own): edits replace edits.
+            self.accessors.remove(1);
+        }
+        self.accessors.push(accessor.clone());
+    }
+
+    fn gone(self) -> impl Iterator<Item = Recorded> {
+        let owner = self.owner;
+        self.accessors.into_iter().map(move |accessor| Recorded {
+            owner: owner.clone(),
             accessor,
         })
     }
 }
 
-/// The managed pods holding a token, by UID, as the watch has shown them: what tells a pod that
-/// vanished during a re-list (no Delete event) from one that is still there.
+/// The managed pods that held a token, by UID, as the watch has shown them: what tells a pod that
+/// vanished during a re-list (no Delete event) from one that is still there, and what remembers
+/// the accessor the controller recorded even if someone edits or removes the annotation later
+/// (each is revoked only if Vault says its token is the pod's).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    tokens: HashMap<String, Recorded>,
+    pods: HashMap<String, Tracked>,
     /// UIDs listed so far by a re-list in progress (between `Init` and `InitDone`).
     relisted: Option<HashSet<String>>,
 }
@@ -156,9 +179,12 @@ impl Tracker {
                 Vec::new()
             }
             watcher::Event::Delete(pod) => {
-                let last_seen = self.tokens.remove(&pod.uid().unwrap_or_default());
-                // The deleted object's own annotation, else the last one the watch showed.
-                Recorded::of(&pod).or(last_seen).into_iter().collect()
+                self.record(&pod);
+                let uid = pod.uid().unwrap_or_default();
+                self.pods
+                    .remove(&uid)
+                    .map(|t| t.gone().collect())
+                    .unwrap_or_default()
             }
             watcher::Event::Init => {
                 self.relisted = Some(HashSet::new());
@@ -176,27 +202,36 @@ impl Tracker {
                     return Vec::new();
                 };
                 let vanished: Vec<String> = self
-                    .tokens
+                    .pods
                     .keys()
                     .filter(|uid| !listed.contains(*uid))
                     .cloned()
                     .collect();
                 vanished
                     .iter()
-                    .filter_map(|uid| self.tokens.remove(uid))
+                    .filter_map(|uid| self.pods.remove(uid))
+                    .flat_map(Tracked::gone)
                     .collect()
             }
         }
     }
 
+    /// Notes the pod's accessor annotation; a pod never seen with one is not tracked.
     fn record(&mut self, pod: &PartialObjectMeta<Pod>) {
+        let accessor = pod.annotations().get(TOKEN_ACCESSOR);
         let uid = pod.uid().unwrap_or_default();
-        match Recorded::of(pod) {
-            Some(r) => {
-                self.tokens.insert(uid, r);
-            }
+        match self.pods.get_mut(&uid) {
+            Some(tracked) => tracked.note(accessor),
             None => {
-                self.tokens.remove(&uid);
+                if let Some(accessor) = accessor {
+                    self.pods.insert(
+                        uid,
+                        Tracked {
+                            owner: Owner::of(pod),
+                            accessors: vec![accessor.clone()],
+                        },
+                    );
+                }
             }
         }
     }
@@ -433,11 +468,27 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_whose_annotation_was_removed_is_no_longer_tracked() {
+    fn an_edited_or_removed_annotation_does_not_make_the_recorded_token_forgotten() {
         let mut t = Tracker::default();
-        list(&mut t, &[pod("a", Some("acc-a"))]);
-        t.event(Event::Apply(pod("a", None)));
-        assert!(list(&mut t, &[]).is_empty());
+        list(&mut t, &[pod("a", Some("acc-a")), pod("b", Some("acc-b"))]);
+        // Someone points a's annotation at another token, and removes b's.
+        t.event(Event::Apply(pod("a", Some("acc-other"))));
+        t.event(Event::Apply(pod("b", None)));
+        assert_eq!(
+            accessors(&t.event(Event::Delete(pod("a", Some("acc-other"))))),
+            ["acc-a", "acc-other"],
+            "both are tried; Vault's metadata tells which one is the pod's"
+        );
+        assert_eq!(accessors(&list(&mut t, &[])), ["acc-b"]);
+        // Edits are remembered up to a bound; the first accessor seen is never pushed out.
+        list(&mut t, &[pod("c", Some("acc-0"))]);
+        for i in 1..10 {
+            t.event(Event::Apply(pod("c", Some(&format!("acc-{i}")))));
+        }
+        assert_eq!(
+            accessors(&t.event(Event::Delete(pod("c", None)))),
+            ["acc-0", "acc-7", "acc-8", "acc-9"]
+        );
     }
 
     #[test]

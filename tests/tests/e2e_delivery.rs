@@ -412,7 +412,7 @@ async fn wait_logged(stack: &Stack, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edited_accessor_annotation_gets_no_other_token_revoked() {
+async fn an_edited_accessor_annotation_gets_no_other_token_revoked_and_keeps_none_of_its_own() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     // Another workload's token, whose accessor the pod's author knows.
@@ -489,6 +489,18 @@ async fn an_edited_accessor_annotation_gets_no_other_token_revoked() {
         victim_alive().await,
         "the other token survives the deletion"
     );
+    // The edits did not make the controller forget what it recorded: both tokens this pod
+    // received end with it.
+    let ip = pod_ip(&second);
+    wait_revoked(&stack, "the second run's token to be revoked", &own, ip).await;
+    wait_revoked(
+        &stack,
+        "the first run's token to be revoked",
+        &first_token,
+        ip,
+    )
+    .await;
+    assert!(victim_alive().await, "and the other token still lives");
     stack.assert_no_secrets(&[
         &victim,
         &first_token,
