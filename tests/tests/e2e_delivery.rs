@@ -389,7 +389,10 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     );
     let new = stack.pod_token(&second).expect("token");
     assert_ne!(new, old);
-    let (status, body) = vault_get(&stack, "auth/token/lookup-self", &new, ip).await;
+    // The new sandbox has a new address, and the new token is bound to it.
+    let new_ip = pod_ip(&second);
+    assert_ne!(new_ip, ip);
+    let (status, body) = vault_get(&stack, "auth/token/lookup-self", &new, new_ip).await;
     assert_eq!(status, 200, "the second run's token works: {body}");
     assert_eq!(
         body["data"]["accessor"].as_str(),
@@ -397,7 +400,7 @@ async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked(
     );
     // One live credential per pod: the replaced token is revoked.
     wait_revoked(&stack, "the first run's token to be revoked", &old, ip).await;
-    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &new, ip).await;
+    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &new, new_ip).await;
     assert_eq!(status, 200, "the second run's token still works");
     stack.assert_no_secrets(&[&old, &new, &stack.controller_token, harness::ROOT_TOKEN]);
 }
@@ -491,13 +494,20 @@ async fn an_edited_accessor_annotation_gets_no_other_token_revoked_and_keeps_non
     );
     // The edits did not make the controller forget what it recorded: both tokens this pod
     // received end with it.
-    let ip = pod_ip(&second);
-    wait_revoked(&stack, "the second run's token to be revoked", &own, ip).await;
+    // Each is checked from the address it is bound to (the second run had a new sandbox).
+    let (first_ip, second_ip) = (pod_ip(&first), pod_ip(&second));
+    wait_revoked(
+        &stack,
+        "the second run's token to be revoked",
+        &own,
+        second_ip,
+    )
+    .await;
     wait_revoked(
         &stack,
         "the first run's token to be revoked",
         &first_token,
-        ip,
+        first_ip,
     )
     .await;
     assert!(victim_alive().await, "and the other token still lives");

@@ -381,7 +381,7 @@ async fn failed_init_container_restarts_with_backoff_and_never_policy_fails_the_
 }
 
 #[tokio::test]
-async fn a_restarted_sandbox_runs_the_init_containers_again_and_keeps_ip_and_volumes() {
+async fn a_restarted_sandbox_runs_the_init_containers_again_on_a_new_ip_and_keeps_volumes() {
     let env = start().await;
     let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
     pods.create(
@@ -415,7 +415,11 @@ async fn a_restarted_sandbox_runs_the_init_containers_again_and_keeps_ip_and_vol
         .expect("watch")
         .expect("pod exists");
     assert_eq!(second.uid().as_deref(), Some(uid.as_str()));
-    assert_eq!(second.status.as_ref().and_then(|s| s.pod_ip.clone()), ip);
+    let new_ip = second.status.as_ref().and_then(|s| s.pod_ip.clone());
+    assert!(
+        new_ip.is_some() && ip.is_some() && new_ip != ip,
+        "a new sandbox, a new address: {ip:?} → {new_ip:?}"
+    );
     for i in 0..2 {
         let c = init_status(&second, i).expect("init status");
         assert_eq!(c.restart_count, 1, "{}", c.name);

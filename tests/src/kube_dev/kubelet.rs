@@ -24,8 +24,8 @@
 //! pod's init containers again) is simulated by setting or changing the annotation
 //! [`RESTART_SANDBOX_ANNOTATION`] on a running pod (`kubectl annotate --overwrite pod web-0
 //! kube-dev.approle-injector.io/restart-sandbox=1`): its containers stop, and it starts again
-//! from its first init container, each container's `restartCount` one higher; UID, IP and
-//! volumes stay.
+//! from its first init container, each container's `restartCount` one higher, with a new pod IP
+//! (a new sandbox gets its address from the network plugin again); UID and volumes stay.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -563,13 +563,20 @@ impl PodTask {
     }
 
     /// The pod's sandbox is gone: its containers stopped, it starts again from its first init
-    /// container, each container's restart counted. (Native sidecars are not restarted.)
+    /// container, each container's restart counted, on a new IP. (Native sidecars are not
+    /// restarted.)
     async fn restart_sandbox(&mut self) {
         tracing::info!(pod.namespace = %self.ns, pod.name = %self.name, "restarting the pod sandbox");
+        // The new address is taken before the old one is given back: it always differs.
+        let ip = self.k.alloc_ip();
+        if let Some(old) = self.ip.replace(ip) {
+            self.k.release_ip(old);
+        }
         {
             let mut guard = lock(&self.rt);
             let rt = &mut *guard;
             rt.phase = "Pending";
+            rt.pod_ip = ip.to_string();
             rt.set_condition("Initialized", false, Some("ContainersNotInitialized"));
             rt.set_condition("Ready", false, Some("ContainersNotReady"));
             rt.set_condition("ContainersReady", false, Some("ContainersNotReady"));

@@ -57,8 +57,9 @@
 //! * Webhooks: mutating only, pod CREATE only, no reinvocation; `service` references resolve
 //!   through [`Config::service_addresses`] / [`Running::set_service_address`].
 //! * A lost pod sandbox happens only on request: setting or changing the annotation
-//!   `kube-dev.approle-injector.io/restart-sandbox` on a running pod (see [`kubelet`]); the pod
-//!   keeps its IP (a real runtime may give the new sandbox another).
+//!   `kube-dev.approle-injector.io/restart-sandbox` on a running pod (see [`kubelet`]); the new
+//!   sandbox always gets a new IP (a real network plugin usually, not always, gives another).
+//!   Native sidecars are not restarted with it.
 
 pub mod admission;
 pub mod api;
