@@ -32,6 +32,7 @@ use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -45,8 +46,9 @@ use crate::vault_auth::VaultAuth;
 pub const STANDBY_WINDOW: Duration = Duration::from_secs(300);
 /// At most this many deletions are kept while standing by (the oldest go first).
 const STANDBY_CAP: usize = 10_000;
-/// Revocations of a takeover's backlog in flight at once.
-const BACKLOG_CONCURRENCY: usize = 8;
+/// Revocations in flight at once: a mass deletion, a takeover's backlog or a slow Vault does not
+/// make them wait for each other (a failing one retries for a few seconds).
+const CONCURRENCY: usize = 8;
 
 /// Consumes the watch of managed pods for the life of the process, on every replica: the leader
 /// revokes the token of every deleted pod that has one; a standby keeps the deletions of the last
@@ -62,6 +64,12 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut standby = Standby::default();
     let mut leading = leadership.is_leader();
+    let revoker = Revoker {
+        permits: Arc::new(Semaphore::new(CONCURRENCY)),
+        vault,
+        auth,
+        admin,
+    };
     loop {
         let gone = tokio::select! {
             event = events.next() => match event {
@@ -82,29 +90,16 @@ pub async fn run(
                             "leading now: revoking the tokens of pods deleted while another replica led (tokens it revoked already are found gone)"
                         );
                     }
-                    futures::stream::iter(backlog)
-                        .for_each_concurrent(BACKLOG_CONCURRENCY, |r| {
-                            let (vault, auth, admin) = (&vault, &auth, &admin);
-                            async move {
-                                revoke(&r.owner, &r.accessor, Why::DeletedBeforeLeading, vault, auth, admin).await;
-                            }
-                        })
-                        .await;
+                    for r in backlog {
+                        revoker.start(r, Why::DeletedBeforeLeading).await;
+                    }
                 }
                 continue;
             }
         };
         for r in gone {
             if leadership.is_leader() {
-                revoke(
-                    &r.owner,
-                    &r.accessor,
-                    Why::PodDeleted,
-                    &vault,
-                    &auth,
-                    &admin,
-                )
-                .await;
+                revoker.start(r, Why::PodDeleted).await;
             } else {
                 debug!(
                     pod.namespace = r.owner.namespace,
@@ -115,6 +110,28 @@ pub async fn run(
                 standby.push(Instant::now(), r);
             }
         }
+    }
+}
+
+/// Runs revocations as tasks, [`CONCURRENCY`] at a time.
+struct Revoker {
+    permits: Arc<Semaphore>,
+    vault: Vault,
+    auth: Arc<VaultAuth>,
+    admin: Arc<Admin>,
+}
+
+impl Revoker {
+    /// Starts revoking `r` once a slot is free (the watch waits for it: backpressure).
+    async fn start(&self, r: Recorded, why: Why) {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (vault, auth, admin) = (self.vault.clone(), self.auth.clone(), self.admin.clone());
+        tokio::spawn(async move {
+            revoke(&r.owner, &r.accessor, why, &vault, &auth, &admin).await;
+            drop(permit);
+        });
     }
 }
 
