@@ -11,10 +11,11 @@
 //!      p50/p95/p99, controller CPU seconds and peak RSS, Vault requests per delivery, and the
 //!      exactly-once checks (status annotation, one token per pod, one login per pod IP in the
 //!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left)
-//!   4. controller RSS with N managed pods cached (bound to a node the kubelet ignores) — a final
-//!      sentinel pod delivered after them proves the watch has applied them all
-//!   5. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size,
+//!   4. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size,
 //!      static or dynamic linking (the image's is static: `cargo release-init`)
+//!   5. controller RSS with N managed pods cached (bound to a node the kubelet ignores), each
+//!      injected and annotated as a delivered pod is (status, token accessor, deliveries, last
+//!      delivery) — a final sentinel pod delivered after them proves the watch has applied them all
 //! ```
 //!
 //! Prints a table and, with `--json-out`, writes the figures as JSON. Every wait is bounded, so the
@@ -249,13 +250,14 @@ async fn run(
     }
     let idle_after = stable_rss(pids.controller, Duration::from_secs(15)).await;
 
-    // 4. Managed pods in the cache.
-    eprintln!("approle-bench: {cached} managed pods cached…");
-    let cache = cache_phase(stack, &pids, cached).await?;
-
-    // 5. approle-init alone.
+    // 4. approle-init alone.
     eprintln!("approle-bench: approle-init, {init_runs} direct runs…");
     let init = init_phase(stack, &floor, init_runs, linkage).await?;
+
+    // 5. Managed pods in the cache. Last: deleting them sets the controller revoking their
+    // (made-up) tokens in the background.
+    eprintln!("approle-bench: {cached} managed pods cached…");
+    let cache = cache_phase(stack, &pids, cached).await?;
 
     let report = Report {
         bursts: burst_results,
@@ -1077,14 +1079,25 @@ async fn cache_phase(stack: &Stack, pids: &Pids, count: usize) -> anyhow::Result
             .get_or_insert_with(Default::default)
             .insert("bench-cache".into(), "yes".into());
     };
+    // Each as a pod some time after its delivery looks: injected (what the webhook adds), with
+    // the annotations the controller wrote, a token accessor among them, which the controller's
+    // pod cache and its revocation tracker both keep.
+    let mut template = stack
+        .injected_pod("cached", json!({"vault-approle.io/role": ROLE}))
+        .await?;
+    label(&mut template);
+    template.spec.get_or_insert_with(Default::default).node_name = Some(ELSEWHERE_NODE.into());
+    let template = &template;
     stream::iter(0..count)
         .map(|i| {
             let name = format!("cached-{i}");
             async move {
-                let mut pod = stack.pod(&name, json!({"vault-approle.io/role": ROLE}))?;
-                label(&mut pod);
-                pod.spec.get_or_insert_with(Default::default).node_name =
-                    Some(ELSEWHERE_NODE.into());
+                let mut pod = template.clone();
+                pod.metadata.name = Some(name.clone());
+                pod.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .extend(delivered_annotations(i));
                 stack
                     .create(&pod)
                     .await
@@ -1118,6 +1131,21 @@ async fn cache_phase(stack: &Stack, pids: &Pids, count: usize) -> anyhow::Result
         peak_rss_kib,
         controller_cpu_s: cpu1.controller.saturating_sub(cpu0.controller) as f64 / tick as f64,
     })
+}
+
+/// The annotations the controller leaves on a delivered pod, with a made-up accessor of Vault's
+/// shape (24 characters) and a containerd container ID as the run.
+fn delivered_annotations(i: usize) -> [(String, String); 4] {
+    use approle_shared::annotations::{DELIVERIES, LAST_DELIVERY, STATUS, TOKEN_ACCESSOR};
+    [
+        (STATUS.into(), "delivered".into()),
+        (TOKEN_ACCESSOR.into(), format!("benchcached{i:013}")),
+        (DELIVERIES.into(), "1".into()),
+        (
+            LAST_DELIVERY.into(),
+            format!("2026-11-28T09:00:00.000000Z containerd://{i:064x}"),
+        ),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
