@@ -343,18 +343,39 @@ async fn admin_port_reports_readiness_and_counts_deliveries_and_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_pod_revokes_its_token() {
+async fn deleting_pods_revokes_their_tokens() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
-    let pod = delivered_pod(&stack, "bye-0").await;
-    let ip = pod_ip(&pod);
-    let token = stack.pod_token(&pod).expect("token");
-    let (status, _) = vault_get(&stack, "auth/token/lookup-self", &token, ip).await;
-    assert_eq!(status, 200, "the token works while the pod lives");
+    // More pods than the controller revokes at once (8), deleted together.
+    let names: Vec<String> = (0..12).map(|i| format!("bye-{i}")).collect();
+    for n in &names {
+        let pod = stack
+            .pod(n, json!({"vault-approle.io/role": ROLE}))
+            .expect("pod");
+        stack.create(&pod).await.expect("create");
+    }
+    let mut tokens = Vec::new();
+    for n in &names {
+        let pod = stack
+            .wait_pod(n, "token delivered", DELIVERY, delivered)
+            .await
+            .expect("delivered");
+        let ip = pod_ip(&pod);
+        let token = stack.pod_token(&pod).expect("token");
+        let (status, _) = vault_get(&stack, "auth/token/lookup-self", &token, ip).await;
+        assert_eq!(status, 200, "{n}: the token works while the pod lives");
+        tokens.push((token, ip));
+    }
 
-    stack.delete("bye-0").await.expect("delete");
-    wait_revoked(&stack, "the token to be revoked", &token, ip).await;
-    stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
+    futures::future::try_join_all(names.iter().map(|n| stack.delete(n)))
+        .await
+        .expect("delete");
+    for (token, ip) in &tokens {
+        wait_revoked(&stack, "the token to be revoked", token, *ip).await;
+    }
+    let mut secrets: Vec<&str> = tokens.iter().map(|(t, _)| t.as_str()).collect();
+    secrets.extend([stack.controller_token.as_str(), harness::ROOT_TOKEN]);
+    stack.assert_no_secrets(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
