@@ -98,7 +98,7 @@ pub async fn run(
             }
         };
         for r in gone {
-            if leadership.is_leader() {
+            if leading {
                 revoker.start(r, Why::PodDeleted).await;
             } else {
                 debug!(
@@ -136,7 +136,7 @@ impl Revoker {
 }
 
 /// The token recorded on a managed pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Recorded {
     /// The pod.
     pub owner: Owner,
@@ -218,16 +218,9 @@ impl Tracker {
                 let Some(listed) = self.relisted.take() else {
                     return Vec::new();
                 };
-                let vanished: Vec<String> = self
-                    .pods
-                    .keys()
-                    .filter(|uid| !listed.contains(*uid))
-                    .cloned()
-                    .collect();
-                vanished
-                    .iter()
-                    .filter_map(|uid| self.pods.remove(uid))
-                    .flat_map(Tracked::gone)
+                self.pods
+                    .extract_if(|uid, _| !listed.contains(uid))
+                    .flat_map(|(_, tracked)| tracked.gone())
                     .collect()
             }
         }
@@ -237,20 +230,16 @@ impl Tracker {
     fn record(&mut self, pod: &PartialObjectMeta<Pod>) {
         let accessor = pod.annotations().get(TOKEN_ACCESSOR);
         let uid = pod.uid().unwrap_or_default();
-        match self.pods.get_mut(&uid) {
-            Some(tracked) => tracked.note(accessor),
-            None => {
-                if let Some(accessor) = accessor {
-                    self.pods.insert(
-                        uid,
-                        Tracked {
-                            owner: Owner::of(pod),
-                            accessors: vec![accessor.clone()],
-                        },
-                    );
-                }
-            }
+        if accessor.is_none() && !self.pods.contains_key(&uid) {
+            return;
         }
+        self.pods
+            .entry(uid)
+            .or_insert_with(|| Tracked {
+                owner: Owner::of(pod),
+                accessors: Vec::new(),
+            })
+            .note(accessor);
     }
 }
 
