@@ -3,7 +3,9 @@
 //!
 //! Whatever the filter says, `rustify` (the HTTP layer under vaultrs) stays silent: its
 //! `#[instrument(err)]` prints Vault's raw error text before our Vault layer has scrubbed it of the
-//! credential the request carried.
+//! credential the request carried. So does `vaultrs` itself: it logs every Vault error response
+//! at ERROR level, expected ones too (a token already revoked or expired when its pod is deleted
+//! gave two ERROR lines per pod), while our Vault layer reports each failure once, with context.
 
 use std::str::FromStr;
 
@@ -30,7 +32,7 @@ impl FromStr for LogFormat {
 }
 
 /// Directives appended to every filter; later directives for the same target win.
-pub const FORCED_DIRECTIVES: &[&str] = &["rustify=off"];
+pub const FORCED_DIRECTIVES: &[&str] = &["rustify=off", "vaultrs=off"];
 
 /// The user's filter plus [`FORCED_DIRECTIVES`].
 pub fn filter(level: &str) -> Result<EnvFilter, String> {
@@ -62,9 +64,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rustify_stays_silent_whatever_the_level() {
+    fn vault_client_libraries_stay_silent_whatever_the_level() {
         let f = filter("trace").expect("valid").to_string();
         assert!(f.contains("rustify=off"), "{f}");
+        assert!(f.contains("vaultrs=off"), "{f}");
         assert!(filter("not a [valid filter").is_err());
     }
 }
