@@ -15,8 +15,13 @@
 //!                                                               final delete
 //! ```
 //!
-//! Every state change is written to the pod's status as the real kubelet reports it, so
-//! watchers see `waiting PodInitializing → running → terminated` for each init container.
+//! Every state change is written to the pod's status as the real kubelet reports it. Like the
+//! kubelet's status manager, which writes a pod's latest status and so folds together changes
+//! made faster than it syncs, changes made back to back go out as one write: the new sandbox
+//! (phase, IP, conditions) with its first container running, and an init container's successful
+//! exit with the start of whatever comes next. Watchers see each init container `running`, then
+//! `terminated`; `waiting` shows while one cannot start or backs off after a failure, and on the
+//! app containers until the init containers are done.
 //! Processes run in their own process group so that everything a container started is
 //! signalled; every group is remembered so shutdown can kill what is left.
 //!
@@ -544,9 +549,8 @@ impl PodTask {
             tracing::warn!(pod.namespace = %self.ns, pod.name = %self.name, error = %e, "volume setup failed");
         }
         self.rotate_projected_tokens();
-        if !self.publish() {
-            return;
-        }
+        // Not published yet: the first container starts at once, and its status write carries
+        // the sandbox's (see the module docs). A pod deleted meanwhile fails that write.
         self.run_containers().await;
     }
 
@@ -589,9 +593,8 @@ impl PodTask {
                 s["restartCount"] = json!(restarts);
             }
         }
-        if self.publish() {
-            self.run_containers().await;
-        }
+        // Published with the first container's start, as in `start`.
+        self.run_containers().await;
     }
 
     fn init_containers(&self) -> Vec<Value> {
@@ -1004,7 +1007,9 @@ impl PodTask {
             &mut lock(&self.rt),
             container_status(c, term, code == 0, restarts, &cid),
         );
-        if !self.publish() {
+        // A success is published with whatever starts next (the next init container or the app
+        // containers, at once); a failure now, before the back-off.
+        if code != 0 && !self.publish() {
             return Ok(Exit::Stopped);
         }
         Ok(Exit::Code(code))
