@@ -169,8 +169,8 @@ pub struct Args {
     #[arg(long, env = "APPROLE_CONTROLLER_MAX_MINTS", default_value_t = 3)]
     pub max_mints: u32,
 
-    /// Pods delivered at the same time.
-    #[arg(long, env = "APPROLE_CONTROLLER_CONCURRENCY", default_value_t = 64)]
+    /// Pods delivered at the same time (at least 1); more wait their turn, first come first served.
+    #[arg(long, env = "APPROLE_CONTROLLER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Watch only this namespace (default: all namespaces).
@@ -528,6 +528,12 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(parse(&["--wrap-ttl", "soon"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
+        // No delivery could ever start.
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        assert_eq!(
+            parse(&["--concurrency", "1"]).expect("valid").concurrency,
+            1
+        );
         assert!(Args::try_parse_from(["approle-controller"]).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! secret_id it minted.
 //!
 //! ```text
-//!  decide(pod) ── Deliver ──▶ role-id (cached) ──▶ connect + pod identity (crate::identity)
+//!  decide(pod) ── Deliver ──▶ a delivery slot (--concurrency; first come, first served)
+//!                               ▼ decide again on the cached pod, policy, crash-loop backoff
+//!                             role-id (cached) ──▶ connect + pod identity (crate::identity)
 //!                       identity fails ─▶ Event PossibleInterception, no mint, backoff │
 //!                                                      mint wrapped secret_id (num_uses 1, podIP/32)
 //!                                                       │
@@ -36,6 +38,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, info, instrument, warn};
 
@@ -80,6 +83,8 @@ pub struct Settings {
     pub wrap_ttl: Duration,
     /// Mints per reconcile before backing off.
     pub max_mints: u32,
+    /// Deliveries at the same time (see [`Context::slots`]).
+    pub concurrency: u16,
 }
 
 /// Shared state of all reconciles.
@@ -118,6 +123,12 @@ pub struct Context {
     recorded: Mutex<HashSet<String>>,
     /// Whether this replica leads: a replica that lost the lease mints nothing more.
     leadership: Leadership,
+    /// One permit per delivery in flight. tokio's semaphore serves its waiters in order, so pods
+    /// are delivered in the order they became ready. (kube's controller limits concurrency
+    /// itself, but keeps the overflow in a hash set and takes from it in no particular order:
+    /// in a 1000-pod burst some pods waited until nearly the end. Its own limit is off, and its
+    /// reconciles only decide; the ones that deliver queue here.)
+    slots: Arc<Semaphore>,
 }
 
 /// Everything a delivery needs of Vault.
@@ -155,7 +166,6 @@ impl Context {
             auth,
             orphans,
             push,
-            settings,
             admin,
             authorizer: crate::policy::Authorizer::fixed(None),
             redelivery: crate::redeliver::Tracker::default(),
@@ -164,6 +174,8 @@ impl Context {
             unrecorded: Mutex::default(),
             recorded: Mutex::default(),
             leadership: Leadership::always(),
+            slots: Arc::new(Semaphore::new(usize::from(settings.concurrency.max(1)))),
+            settings,
         }
     }
 
@@ -241,12 +253,32 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             }
             Ok(Action::await_change())
         }
-        Decision::Deliver { spec, pod_ip } => {
+        Decision::Deliver { .. } => {
             let pending = lock(&ctx.unrecorded).get(&uid).cloned();
             if let Some(accessor) = pending {
                 record_delivery(&ctx, &pod, Some(&accessor)).await?;
                 return Ok(Action::await_change());
             }
+            // Wait for a delivery slot, then act on the pod as it is now: it may have changed,
+            // or gone, while waiting (a change also queues a reconcile of its own, which finds
+            // what this one did).
+            let Ok(slot) = ctx.slots.clone().acquire_owned().await else {
+                return Ok(Action::await_change());
+            };
+            if !ctx.leadership.is_leader() {
+                // Lost the lease, or stopping, maybe while waiting.
+                debug!("not the leader (any more): the leader delivers");
+                return Ok(Action::await_change());
+            }
+            let current = ctx
+                .store
+                .get(&ObjectRef::from_obj(&*pod))
+                .filter(|now| now.uid() == pod.uid());
+            let Some((pod, Decision::Deliver { spec, pod_ip })) =
+                current.map(|now| (now.clone(), decide(&now)))
+            else {
+                return Ok(Action::await_change());
+            };
             // Authorization, then the crash-loop backoff: both before any Vault call.
             if let Some(action) = crate::policy::gate(&ctx, &pod, &spec).await {
                 return Ok(action);
@@ -258,8 +290,11 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             // on one task, so the TLS handshakes and Vault calls of many deliveries would share
             // one core. The reconcile still waits for it (one reconcile per pod at a time).
             let task = tokio::spawn(
-                async move { deliver(&ctx, &pod, &spec, pod_ip).await }
-                    .instrument(tracing::Span::current()),
+                async move {
+                    let _slot = slot;
+                    deliver(&ctx, &pod, &spec, pod_ip).await
+                }
+                .instrument(tracing::Span::current()),
             );
             match task.await {
                 Ok(result) => result,
@@ -298,10 +333,6 @@ async fn deliver(
 ) -> Result<Action, Error> {
     let role = spec.role.as_str();
     let started = Instant::now();
-    if !ctx.leadership.is_leader() {
-        debug!("not the leader (any more): the leader delivers");
-        return Ok(Action::await_change());
-    }
     // A cached role-id asks nothing of Vault, so it must not count as Vault answering.
     let cached = lock(&ctx.role_ids).get(role).cloned();
     let role_id = match cached {

@@ -214,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         secret_id_ttl: args.secret_id_ttl,
         wrap_ttl: args.wrap_ttl,
         max_mints: args.max_mints,
+        concurrency: args.concurrency,
     };
     info!(vault = %args.vault_addr, namespace = args.namespace.as_deref().unwrap_or("<all>"), self_namespace, "approle-controller started");
     let redelivery = redeliver::Settings {
@@ -222,7 +223,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let delivery = term::Delivery {
         pods,
-        concurrency: args.concurrency,
         vault: vault.clone(),
         auth: auth.clone(),
         mount: args.approle_mount.clone(),

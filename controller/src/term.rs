@@ -38,8 +38,6 @@ use crate::{deliver, orphans};
 pub struct Delivery<F> {
     /// Where the pods are watched.
     pub pods: Api<Pod>,
-    /// Pods delivered at the same time.
-    pub concurrency: u16,
     /// Vault, for the orphan sweep.
     pub vault: Vault,
     /// The controller's Vault login.
@@ -87,7 +85,8 @@ where
     let watch = watcher::Config::default().labels(&pod::managed_selector());
     // The cache holds the controller's own small `Pod` (pod.rs), decoded straight from the watch.
     let controller = Controller::new(d.pods.clone(), watch)
-        .with_config(Config::default().concurrency(d.concurrency))
+        // No limit here: the reconciles that deliver wait for a slot in order (deliver.rs).
+        .with_config(Config::default().concurrency(0))
         // A new policy re-checks every pod at once (denied ones may be allowed now).
         .reconcile_all_on(d.authorizer.changes())
         // Vault answers again after an outage: pods that failed meanwhile go now, not after
