@@ -575,3 +575,74 @@ async fn an_edited_accessor_annotation_gets_no_other_token_revoked_and_keeps_non
         harness::ROOT_TOKEN,
     ]);
 }
+
+/// The init container of `p` is running.
+fn init_running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_wait_for_a_delivery_slot_and_get_it_when_it_frees() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions {
+        controller_args: vec![
+            "--concurrency=1".into(),
+            "--log-level=info,approle_controller=debug".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    // The only slot goes to a pod whose init container listens on another port than the
+    // annotation says: the controller keeps retrying it (for the wrap TTL, a minute).
+    let stuck = stack
+        .injected_pod_listening_on(
+            "stuck-0",
+            json!({"vault-approle.io/role": ROLE, "vault-approle.io/port": "9997"}),
+            "0.0.0.0:9998",
+        )
+        .await
+        .expect("pod");
+    stack.create(&stuck).await.expect("create");
+    let controller = &stack.controllers[0];
+    harness::wait_for("the controller retrying stuck-0", DELIVERY, || async {
+        controller
+            .output()
+            .lines()
+            .any(|l| l.contains("stuck-0") && l.contains("not answering yet"))
+            .then_some(())
+    })
+    .await
+    .expect("retrying");
+
+    let names: Vec<String> = (0..4).map(|i| format!("queued-{i}")).collect();
+    for n in &names {
+        let pod = stack
+            .pod(n, json!({"vault-approle.io/role": ROLE}))
+            .expect("pod");
+        stack.create(&pod).await.expect("create");
+    }
+    for n in &names {
+        let pod = stack
+            .wait_pod(n, "init container running", DELIVERY, init_running)
+            .await
+            .expect("running");
+        assert!(
+            !delivered(&pod),
+            "{n} was delivered while the only slot was taken"
+        );
+    }
+    // The stuck delivery ends when its pod goes (and gives its slot back): the queue moves.
+    stack.delete("stuck-0").await.expect("delete");
+    for n in &names {
+        stack
+            .wait_pod(n, "token delivered", DELIVERY, delivered)
+            .await
+            .expect("delivered");
+    }
+}
