@@ -6,6 +6,7 @@
 //!                               ▼ decide again on the cached pod, policy, crash-loop backoff
 //!                             role-id (cached) ──▶ connect + pod identity (crate::identity)
 //!                       identity fails ─▶ Event PossibleInterception, no mint, backoff │
+//!                       no answer within 10 s ─▶ Event DeliveryFailed, no mint, backoff │
 //!                                                      mint wrapped secret_id (num_uses 1, podIP/32)
 //!                                                       │
 //!            ┌───── push on the verified connection; retries reconnect and re-verify ◀──┘
@@ -356,12 +357,12 @@ async fn deliver(
     let mut last_failure = String::new();
     for _ in 0..ctx.settings.max_mints.max(1) {
         // Pod identity before the mint: an impostor on the pod's IP causes no mint at all.
-        let deadline = Instant::now() + ctx.settings.wrap_ttl.saturating_sub(margin);
+        let deadline = Instant::now() + REACH_TIMEOUT;
         let session = match open_until(ctx, pod, pod_ip, spec.port, deadline).await {
             Ok(session) => session,
             Err(PushOutcome::WrapExpired(last)) => {
-                last_failure = last;
-                continue;
+                let within = humantime::format_duration(REACH_TIMEOUT);
+                return fail(ctx, pod, format!("no answer within {within}: {last}")).await;
             }
             Err(PushOutcome::Intercepted(failure)) => {
                 return identity_failed(ctx, pod, failure).await;
@@ -487,6 +488,12 @@ async fn deliver(
     )
     .await
 }
+
+/// A running init container listens within milliseconds of starting. One that has not answered
+/// on the pod's IP and port within this long (a wrong `vault-approle.io/port`, a network policy
+/// in the way) is given up on before anything is minted: a `DeliveryFailed` Event says why, and
+/// the pod is tried again after a backoff, its delivery slot going to the next pod meanwhile.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First wait after an init container did not answer, doubled on every retry up to a second.
 /// The kubelet reports it running when the process starts, a millisecond or so before it

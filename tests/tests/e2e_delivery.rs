@@ -587,7 +587,7 @@ fn init_running(p: &Pod) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_wait_for_a_delivery_slot_and_get_it_when_it_frees() {
+async fn a_pod_nothing_answers_for_gives_up_its_delivery_slot_with_an_event() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions {
         controller_args: vec![
@@ -599,7 +599,7 @@ async fn pods_wait_for_a_delivery_slot_and_get_it_when_it_frees() {
     .await
     .expect("stack");
     // The only slot goes to a pod whose init container listens on another port than the
-    // annotation says: the controller keeps retrying it (for the wrap TTL, a minute).
+    // annotation says: the controller retries it, holding the slot, for REACH_TIMEOUT (10 s).
     let stuck = stack
         .injected_pod_listening_on(
             "stuck-0",
@@ -637,8 +637,15 @@ async fn pods_wait_for_a_delivery_slot_and_get_it_when_it_frees() {
             "{n} was delivered while the only slot was taken"
         );
     }
-    // The stuck delivery ends when its pod goes (and gives its slot back): the queue moves.
-    stack.delete("stuck-0").await.expect("delete");
+    // The stuck pod gives up, says why, and hands the slot on: the queue moves.
+    let note = stack
+        .wait_event("stuck-0", "DeliveryFailed", DELIVERY)
+        .await
+        .expect("DeliveryFailed");
+    assert!(
+        note.contains("no answer within 10s") && note.contains(":9997"),
+        "{note}"
+    );
     for n in &names {
         stack
             .wait_pod(n, "token delivered", DELIVERY, delivered)
