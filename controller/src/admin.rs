@@ -58,8 +58,12 @@ pub struct Metrics {
     pub vault_errors: Counter,
     /// Tokens revoked because their pod was deleted, or a newer run's token replaced them.
     pub tokens_revoked: Counter,
-    /// Seconds from the decision to deliver until the init container confirmed.
+    /// Seconds from taking a delivery slot until the init container confirmed.
     pub delivery_seconds: Histogram,
+    /// Deliveries holding a slot (at most `--concurrency`).
+    pub deliveries_in_flight: Gauge,
+    /// Pods ready for a delivery and waiting for a slot.
+    pub deliveries_waiting: Gauge,
     /// Authorization policy: reloads, loaded, denials.
     pub policy: crate::policy::PolicyMetrics,
     /// Crash-loop backoff: re-deliveries to restarted init containers.
@@ -85,6 +89,8 @@ impl Default for Metrics {
         let tokens_revoked = Counter::default();
         // 1 ms to ~16 s: a delivery is tens of milliseconds when all is well.
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let deliveries_in_flight = Gauge::default();
+        let deliveries_waiting = Gauge::default();
         let leader = Gauge::default();
         let leader_transitions = Family::<Transition, Counter>::default();
         let identity_failures = Family::<Reason, Counter>::default();
@@ -118,8 +124,18 @@ impl Default for Metrics {
         );
         registry.register(
             "delivery_duration_seconds",
-            "From the decision to deliver until the init container confirmed",
+            "From taking a delivery slot until the init container confirmed",
             delivery_seconds.clone(),
+        );
+        registry.register(
+            "deliveries_in_flight",
+            "Deliveries holding a slot (at most --concurrency)",
+            deliveries_in_flight.clone(),
+        );
+        registry.register(
+            "deliveries_waiting",
+            "Pods ready for a delivery and waiting for a slot",
+            deliveries_waiting.clone(),
         );
         let policy = crate::policy::PolicyMetrics::default();
         policy.register(&mut registry);
@@ -151,6 +167,8 @@ impl Default for Metrics {
             vault_errors,
             tokens_revoked,
             delivery_seconds,
+            deliveries_in_flight,
+            deliveries_waiting,
             policy,
             redelivery,
             leader,

@@ -38,6 +38,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -263,7 +264,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             // Wait for a delivery slot, then act on the pod as it is now: it may have changed,
             // or gone, while waiting (a change also queues a reconcile of its own, which finds
             // what this one did).
-            let Ok(slot) = ctx.slots.clone().acquire_owned().await else {
+            let Some(slot) = Slot::take(&ctx).await else {
                 return Ok(Action::await_change());
             };
             if !ctx.leadership.is_leader() {
@@ -306,6 +307,43 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
                 },
             }
         }
+    }
+}
+
+/// A delivery slot, counted in `approle_deliveries_in_flight` while held; waiting for one is
+/// counted in `approle_deliveries_waiting` (until the wait ends, also when it is abandoned).
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: Counted,
+}
+
+impl Slot {
+    /// Waits for a slot, in turn; `None` only if the semaphore is closed (it never is).
+    async fn take(ctx: &Context) -> Option<Slot> {
+        let metrics = &ctx.admin.metrics;
+        let waiting = Counted::new(&metrics.deliveries_waiting);
+        let permit = ctx.slots.clone().acquire_owned().await.ok()?;
+        drop(waiting);
+        Some(Slot {
+            _permit: permit,
+            _in_flight: Counted::new(&metrics.deliveries_in_flight),
+        })
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -637,6 +637,19 @@ async fn a_pod_nothing_answers_for_gives_up_its_delivery_slot_with_an_event() {
             "{n} was delivered while the only slot was taken"
         );
     }
+    let gauges = || async {
+        (
+            stack.metric(0, "approle_deliveries_in_flight").await,
+            stack.metric(0, "approle_deliveries_waiting").await,
+        )
+    };
+    harness::wait_for(
+        "four pods waiting behind one in flight",
+        DELIVERY,
+        || async { (gauges().await == (Some(1.0), Some(4.0))).then_some(()) },
+    )
+    .await
+    .expect("gauges while queued");
     // The stuck pod gives up, says why, and hands the slot on: the queue moves.
     let note = stack
         .wait_event("stuck-0", "DeliveryFailed", DELIVERY)
@@ -652,4 +665,11 @@ async fn a_pod_nothing_answers_for_gives_up_its_delivery_slot_with_an_event() {
             .await
             .expect("delivered");
     }
+    // Once the stuck pod is gone too (it was retried after its backoff), no slot is held.
+    stack.delete("stuck-0").await.expect("delete");
+    harness::wait_for("no delivery in flight or waiting", DELIVERY, || async {
+        (gauges().await == (Some(0.0), Some(0.0))).then_some(())
+    })
+    .await
+    .expect("gauges at rest");
 }
