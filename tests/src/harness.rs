@@ -1013,6 +1013,15 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         Ok(self.pods().create(&PostParams::default(), pod).await?)
     }
 
+    /// Creates a pod annotated with [`ROLE`] for each name, one after the other.
+    pub async fn create_role_pods(&self, names: &[String]) -> anyhow::Result<()> {
+        for name in names {
+            let pod = self.pod(name, json!({"vault-approle.io/role": ROLE}))?;
+            self.create(&pod).await?;
+        }
+        Ok(())
+    }
+
     /// The Kubernetes client; panics when the stack runs without kube-dev (a test bug).
     pub fn kube_client(&self) -> kube::Client {
         self.kube_client

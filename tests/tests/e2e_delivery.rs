@@ -348,12 +348,7 @@ async fn deleting_pods_revokes_their_tokens() {
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
     // More pods than the controller revokes at once (8), deleted together.
     let names: Vec<String> = (0..12).map(|i| format!("bye-{i}")).collect();
-    for n in &names {
-        let pod = stack
-            .pod(n, json!({"vault-approle.io/role": ROLE}))
-            .expect("pod");
-        stack.create(&pod).await.expect("create");
-    }
+    stack.create_role_pods(&names).await.expect("create");
     let mut tokens = Vec::new();
     for n in &names {
         let pod = stack
@@ -621,12 +616,7 @@ async fn a_pod_nothing_answers_for_gives_up_its_delivery_slot_with_an_event() {
     .expect("retrying");
 
     let names: Vec<String> = (0..4).map(|i| format!("queued-{i}")).collect();
-    for n in &names {
-        let pod = stack
-            .pod(n, json!({"vault-approle.io/role": ROLE}))
-            .expect("pod");
-        stack.create(&pod).await.expect("create");
-    }
+    stack.create_role_pods(&names).await.expect("create");
     for n in &names {
         let pod = stack
             .wait_pod(n, "init container running", DELIVERY, init_running)

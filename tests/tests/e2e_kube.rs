@@ -21,12 +21,7 @@ async fn a_second_controller_sees_the_same_pods_and_nothing_is_delivered_twice()
     .expect("stack");
     stack.start_controller().await.expect("second controller");
     let names: Vec<String> = (0..4).map(|i| format!("twin-{i}")).collect();
-    for n in &names {
-        let pod = stack
-            .pod(n, json!({"vault-approle.io/role": ROLE}))
-            .expect("pod");
-        stack.create(&pod).await.expect("create");
-    }
+    stack.create_role_pods(&names).await.expect("create");
     for n in &names {
         let pod = stack
             .wait_pod(n, "delivered", DELIVERY, delivered)
