@@ -213,6 +213,18 @@ impl Proc {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until an output line contains every one of `parts`.
+    pub async fn wait_line(&self, parts: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let what = format!("a line with {parts:?} in {}", self.log.display());
+        wait_for(&what, timeout, || async {
+            self.output()
+                .lines()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+                .then_some(())
+        })
+        .await
+    }
 }
 
 /// Copies a child's output into its log file line by line; with `ready`, sends the first line

@@ -387,19 +387,10 @@ async fn deleting_pods_revokes_their_tokens() {
     // The gone token is one INFO line, not an error: no ERROR line at all (vaultrs logged two
     // per such pod, the raw Vault answer among them).
     let controller = &stack.controllers[0];
-    harness::wait_for(
-        "the controller to find bye-0's token gone",
-        DELIVERY,
-        || async {
-            controller
-                .output()
-                .lines()
-                .any(|l| l.contains("already_gone=true") && l.contains("bye-0"))
-                .then_some(())
-        },
-    )
-    .await
-    .expect("already gone");
+    controller
+        .wait_line(&["already_gone=true", "bye-0"], DELIVERY)
+        .await
+        .expect("already gone");
     let out = controller.output();
     let errors: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
@@ -605,15 +596,10 @@ async fn a_pod_nothing_answers_for_gives_up_its_delivery_slot_with_an_event() {
         .expect("pod");
     stack.create(&stuck).await.expect("create");
     let controller = &stack.controllers[0];
-    harness::wait_for("the controller retrying stuck-0", DELIVERY, || async {
-        controller
-            .output()
-            .lines()
-            .any(|l| l.contains("stuck-0") && l.contains("not answering yet"))
-            .then_some(())
-    })
-    .await
-    .expect("retrying");
+    controller
+        .wait_line(&["stuck-0", "not answering yet"], DELIVERY)
+        .await
+        .expect("retrying");
 
     let names: Vec<String> = (0..4).map(|i| format!("queued-{i}")).collect();
     stack.create_role_pods(&names).await.expect("create");

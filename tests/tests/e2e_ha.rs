@@ -278,18 +278,13 @@ async fn a_graceful_stop_does_not_wait_for_an_init_container_that_never_answers(
         .pod("silent-0", json!({"vault-approle.io/role": ROLE}))
         .expect("pod");
     stack.create(&pod).await.expect("create");
-    harness::wait_for(
-        "the delivery to wait for the init container",
-        Duration::from_secs(30),
-        || async {
-            stack.controllers[0]
-                .output()
-                .contains("init container not answering yet")
-                .then_some(())
-        },
-    )
-    .await
-    .expect("waiting");
+    stack.controllers[0]
+        .wait_line(
+            &["init container not answering yet"],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("waiting");
 
     let mut controller = stack.controllers.remove(0);
     controller.terminate();
