@@ -264,9 +264,11 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
             // Wait for a delivery slot, then act on the pod as it is now: it may have changed,
             // or gone, while waiting (a change also queues a reconcile of its own, which finds
             // what this one did).
+            debug!("init container running: waiting for a delivery slot");
             let Some(slot) = Slot::take(&ctx).await else {
                 return Ok(Action::await_change());
             };
+            debug!("delivery slot taken");
             if !ctx.leadership.is_leader() {
                 // Lost the lease, or stopping, maybe while waiting.
                 debug!("not the leader (any more): the leader delivers");
@@ -397,7 +399,10 @@ async fn deliver(
         // Pod identity before the mint: an impostor on the pod's IP causes no mint at all.
         let deadline = Instant::now() + REACH_TIMEOUT;
         let session = match open_until(ctx, pod, pod_ip, spec.port, deadline).await {
-            Ok(session) => session,
+            Ok(session) => {
+                debug!("init container reached, pod identity verified");
+                session
+            }
             Err(PushOutcome::WrapExpired(last)) => {
                 let within = humantime::format_duration(REACH_TIMEOUT);
                 return fail(ctx, pod, format!("no answer within {within}: {last}")).await;

@@ -18,6 +18,8 @@ async fn quick_bench_completes_and_writes_json() {
     let mut child = tokio::process::Command::from({
         let mut c = Command::new(bench);
         c.arg("--quick").arg("--json-out").arg(&json_path);
+        // The controller's debug lines give the stages of each delivery.
+        c.args(["--controller-log-level", "info,approle_controller=debug"]);
         c
     })
     .kill_on_drop(true)
@@ -62,6 +64,26 @@ async fn quick_bench_completes_and_writes_json() {
             assert!(!b[key].is_null(), "burst lacks {key}: {b}");
         }
         assert!(b["init_to_token_ms"]["p99"].as_f64().is_some(), "{b}");
+        // Every pod's delivery split at the controller's lines (these fail if a line the bench
+        // reads is reworded).
+        let stages = b["listening_to_token_stages_ms"]
+            .as_object()
+            .expect("stages");
+        let names: Vec<&str> = stages.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "identity_verified",
+                "minted",
+                "seen_running",
+                "slot",
+                "token_written"
+            ],
+            "{b}"
+        );
+        for (name, p) in stages {
+            assert_eq!(p["samples"], b["pods"], "stage {name}: {b}");
+        }
     }
     for key in ["idle_rss_mib", "rss_with_cached_pods_mib", "cached_pods"] {
         assert!(

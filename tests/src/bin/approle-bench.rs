@@ -10,7 +10,9 @@
 //!   3. per burst (10, 100, 1000 annotated pods): deliveries/s, init running → token written
 //!      p50/p95/p99, controller CPU seconds and peak RSS, Vault requests per delivery, and the
 //!      exactly-once checks (status annotation, one token per pod, one login per pod IP in the
-//!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left)
+//!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left);
+//!      with the controller at `approle_controller=debug`, listening → token split into stages
+//!      at its log lines (seen running, slot taken, identity verified, minted, token written)
 //!   4. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size,
 //!      static or dynamic linking (the image's is static: `cargo release-init`)
 //!   5. controller RSS with N managed pods cached (bound to a node the kubelet ignores), each
@@ -69,7 +71,9 @@ struct Args {
     /// Concurrency of the floor bursts (the controller's default `--concurrency`).
     #[arg(long, default_value_t = 64)]
     floor_concurrency: usize,
-    /// The controller's `--log-level` (e.g. `info,approle_controller=debug` to see push retries).
+    /// The controller's `--log-level`. With `approle_controller=debug` (e.g.
+    /// `info,approle_controller=debug`) each burst's listening → token is split into stages at the
+    /// controller's debug lines (its logging then costs CPU too).
     #[arg(long, default_value = "info")]
     controller_log_level: String,
     /// More flags for the controller, each a separate `--controller-arg` (e.g.
@@ -690,6 +694,8 @@ struct BurstResult {
     latency: Percentiles,
     start_to_listening: Percentiles,
     listening_to_token: Percentiles,
+    /// `listening → token` split at the controller's stage lines; empty without its debug lines.
+    stages: Vec<(&'static str, Percentiles)>,
     latency_missing: usize,
     controller_cpu_s: f64,
     vault_cpu_s: f64,
@@ -869,6 +875,12 @@ async fn run_burst(
     );
     let mut latencies = Vec::new();
     let (mut to_listen, mut listen_to_token) = (Vec::new(), Vec::new());
+    let marks = stack
+        .controllers
+        .first()
+        .map(|c| controller_marks(&c.output()))
+        .unwrap_or_default();
+    let mut stages: Vec<Vec<Duration>> = vec![Vec::new(); STAGES.len()];
     let mut ips = HashSet::new();
     for p in &pods {
         *r.init_exit_codes
@@ -889,20 +901,30 @@ async fn run_burst(
         if accessor.is_some() && accessor == json_accessor {
             r.token_json_matches += 1;
         }
-        match init_to_token(stack, p) {
-            Some((d, listen)) => {
-                latencies.push(d);
-                if let Some(l) = listen {
-                    to_listen.push(l);
-                    listen_to_token.push(d.saturating_sub(l));
-                }
+        let Some(init) = init_times(stack, p) else {
+            r.latency_missing += 1;
+            continue;
+        };
+        latencies.push(since(init.started, init.written));
+        if let Some(listening) = init.listening {
+            to_listen.push(since(init.started, listening));
+            listen_to_token.push(since(listening, init.written));
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            if let Some(at) = marks.get(name) {
+                split_stages(listening, at, init.written, &mut stages);
             }
-            None => r.latency_missing += 1,
         }
     }
     r.latency = Percentiles::of(&mut latencies);
     r.start_to_listening = Percentiles::of(&mut to_listen);
     r.listening_to_token = Percentiles::of(&mut listen_to_token);
+    if stages.iter().all(|s| !s.is_empty()) {
+        r.stages = STAGES
+            .iter()
+            .zip(&mut stages)
+            .map(|((name, _), samples)| (*name, Percentiles::of(samples)))
+            .collect();
+    }
 
     // The audit log: one successful login per pod IP; requests per delivery.
     let want = r.delivered;
@@ -1000,27 +1022,99 @@ fn init_exit(p: &Pod) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
-/// From the init container's start (its first log line; kube-dev's `startedAt` has whole
-/// seconds only) to its `token files written` line, logged right after the rename. Both are
-/// microsecond timestamps of one clock; the token file's mtime is not used: file times come from
-/// the kernel's coarse clock (a tick, 4 ms here, behind), which made fast deliveries look as if
-/// written before they started.
-fn init_to_token(stack: &Stack, pod: &Pod) -> Option<(Duration, Option<Duration>)> {
+/// When an init container started (its first log line; kube-dev's `startedAt` has whole seconds
+/// only), logged `listening on`, and logged `token files written` (right after the rename).
+/// All are microsecond timestamps of one clock; the token file's mtime is not used: file times
+/// come from the kernel's coarse clock (a tick, 4 ms here, behind), which made fast deliveries
+/// look as if written before they started.
+struct InitTimes {
+    started: SystemTime,
+    listening: Option<SystemTime>,
+    written: SystemTime,
+}
+
+fn init_times(stack: &Stack, pod: &Pod) -> Option<InitTimes> {
     let text = stack.init_log(pod)?;
-    let stamp = |l: &str| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok();
-    let at = |what: &str| {
-        text.lines()
-            .find(|l| l.contains(what))
-            .and_then(stamp)
-            .map(SystemTime::from)
-    };
-    let started = SystemTime::from(text.lines().find_map(stamp)?);
+    let at = |what: &str| text.lines().find(|l| l.contains(what)).and_then(log_stamp);
     let written = at("token files written")?;
-    let total = written.duration_since(started).ok()?;
-    Some((
-        total,
-        at("listening on").and_then(|l| l.duration_since(started).ok()),
-    ))
+    let started = text.lines().find_map(log_stamp)?;
+    (written >= started).then(|| InitTimes {
+        started,
+        listening: at("listening on"),
+        written,
+    })
+}
+
+/// The timestamp that starts a log line (both binaries log RFC 3339, microseconds, UTC).
+fn log_stamp(line: &str) -> Option<SystemTime> {
+    let stamp = line
+        .split_whitespace()
+        .next()?
+        .parse::<jiff::Timestamp>()
+        .ok()?;
+    Some(SystemTime::from(stamp))
+}
+
+/// `b - a`, zero if `b` came first.
+fn since(a: SystemTime, b: SystemTime) -> Duration {
+    b.duration_since(a).unwrap_or_default()
+}
+
+/// The stages of `listening → token`, each ending at a controller debug line (the text it
+/// holds), the last at the init container's `token files written`.
+const STAGES: [(&str, Option<&str>); 5] = [
+    // kube-dev writes the status, the watch carries it, the controller decides.
+    ("seen running", Some("waiting for a delivery slot")),
+    ("slot", Some("delivery slot taken")),
+    // TCP + TLS to the pod, GET /v1/identity, the TokenReview.
+    (
+        "identity verified",
+        Some("init container reached, pod identity verified"),
+    ),
+    ("minted", Some("minted wrapped secret_id")),
+    // The push; the init container's lookup, unwrap, login and write.
+    ("token written", None),
+];
+
+/// Per pod name, when the controller first logged each stage line of [`STAGES`]. Empty unless
+/// the controller logged `approle_controller=debug`.
+fn controller_marks(log: &str) -> HashMap<String, [Option<SystemTime>; STAGES.len() - 1]> {
+    let mut marks: HashMap<String, [Option<SystemTime>; STAGES.len() - 1]> = HashMap::new();
+    for line in log.lines() {
+        let Some(stage) = STAGES
+            .iter()
+            .position(|(_, text)| text.is_some_and(|t| line.contains(t)))
+        else {
+            continue;
+        };
+        let name = line
+            .split("pod.name=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next());
+        if let (Some(name), Some(at)) = (name, log_stamp(line)) {
+            marks.entry(name.to_owned()).or_default()[stage].get_or_insert(at);
+        }
+    }
+    marks
+}
+
+/// Adds one pod's stage durations; a pod missing a stage line adds none (a stage that began
+/// before the previous one ended, such as a status seen before `listening on` was logged,
+/// counts zero).
+fn split_stages(
+    listening: SystemTime,
+    marks: &[Option<SystemTime>; STAGES.len() - 1],
+    written: SystemTime,
+    out: &mut [Vec<Duration>],
+) {
+    let Some(ends) = marks.iter().copied().collect::<Option<Vec<_>>>() else {
+        return;
+    };
+    let mut from = listening;
+    for (stage, end) in ends.into_iter().chain([written]).enumerate() {
+        out[stage].push(since(from, end));
+        from = from.max(end);
+    }
 }
 
 /// Deletes the pods matching `selector` (or the one named `name`) at once and waits until they
@@ -1576,6 +1670,18 @@ impl Report {
                 per(r.vault_cpu_s),
                 per(r.bench_cpu_s),
             );
+            if !r.stages.is_empty() {
+                let stages: Vec<String> = r
+                    .stages
+                    .iter()
+                    .map(|(name, p)| format!("→ {name} {:.1} / {:.1}", p.p50, p.p95))
+                    .collect();
+                println!(
+                    "burst {:>5}: listening {} ms (p50 / p95, from the controller's debug lines)",
+                    r.pods,
+                    stages.join(", "),
+                );
+            }
         }
         println!(
             "floor, one delivery's work alone (mint + mTLS handshake + lookup + unwrap + login): \
@@ -1648,6 +1754,11 @@ impl Report {
                     "init_to_token_missing": r.latency_missing,
                     "init_start_to_listening_ms": r.start_to_listening.json(),
                     "init_listening_to_token_ms": r.listening_to_token.json(),
+                    "listening_to_token_stages_ms": r
+                        .stages
+                        .iter()
+                        .map(|(name, p)| (name.replace(' ', "_"), p.json()))
+                        .collect::<serde_json::Map<_, _>>(),
                     "floor_latency_ms": f.latency.json(),
                     "latency_floor_ratio": {
                         "p50": ratio(r.latency.p50, f.latency.p50),
@@ -1712,5 +1823,59 @@ impl Report {
                 "at_least": t.at_least, "unit": t.unit, "met": t.met(),
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SystemTime {
+        log_stamp(s).expect("a timestamp")
+    }
+
+    #[test]
+    fn stages_split_listening_to_token_at_the_controllers_lines() {
+        // As the controller logs them (plain format, debug), other pods and lines in between.
+        let span = r#"reconciling object{object.ref=Pod.v1./b0-100-7.default object.reason=object updated}:reconcile{pod.namespace="default" pod.name="b0-100-7"}"#;
+        let other = r#"reconcile{pod.namespace="default" pod.name="b0-100-8"}"#;
+        let log = [
+            format!("2026-11-28T12:00:00.010000Z DEBUG {span}: waiting why=\"init container has no status yet\""),
+            format!("2026-11-28T12:00:00.030000Z DEBUG {span}: init container running: waiting for a delivery slot"),
+            format!("2026-11-28T12:00:00.031000Z DEBUG {other}: init container running: waiting for a delivery slot"),
+            format!("2026-11-28T12:00:00.040000Z DEBUG {span}: delivery slot taken"),
+            // A second reconcile of the same pod: the first line counts.
+            format!("2026-11-28T12:00:00.041000Z DEBUG {span}: init container running: waiting for a delivery slot"),
+            format!("2026-11-28T12:00:00.070000Z DEBUG {span}: init container reached, pod identity verified"),
+            format!("2026-11-28T12:00:00.075000Z DEBUG {span}: minted wrapped secret_id secret_id_accessor=a"),
+        ]
+        .join("\n");
+        let marks = controller_marks(&log);
+        assert_eq!(marks.len(), 2);
+        assert!(marks["b0-100-8"][1].is_none());
+
+        let mut out = vec![Vec::new(); STAGES.len()];
+        let listening = at("2026-11-28T12:00:00.020000Z");
+        let written = at("2026-11-28T12:00:00.090000Z");
+        split_stages(listening, &marks["b0-100-7"], written, &mut out);
+        let ms: Vec<u128> = out.iter().map(|s| s[0].as_millis()).collect();
+        assert_eq!(ms, [10, 10, 30, 5, 15]);
+
+        // Seen running before `listening on` was logged: that stage counts zero, the next
+        // starts where it ended.
+        let mut out = vec![Vec::new(); STAGES.len()];
+        split_stages(
+            at("2026-11-28T12:00:00.035000Z"),
+            &marks["b0-100-7"],
+            written,
+            &mut out,
+        );
+        let ms: Vec<u128> = out.iter().map(|s| s[0].as_millis()).collect();
+        assert_eq!(ms, [0, 5, 30, 5, 15]);
+
+        // A pod missing a line adds nothing.
+        let mut out = vec![Vec::new(); STAGES.len()];
+        split_stages(listening, &marks["b0-100-8"], written, &mut out);
+        assert!(out.iter().all(Vec::is_empty));
     }
 }
