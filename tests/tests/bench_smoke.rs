@@ -84,6 +84,12 @@ async fn quick_bench_completes_and_writes_json() {
         for (name, p) in stages {
             assert_eq!(p["samples"], b["pods"], "stage {name}: {b}");
         }
+        let queue = &b["runnable_tasks"];
+        assert!(queue["samples"].as_u64().is_some_and(|n| n > 0), "{b}");
+        assert!(
+            queue["mean"].as_f64().is_some() && queue["p95"].as_u64().is_some(),
+            "{b}"
+        );
     }
     for key in ["idle_rss_mib", "rss_with_cached_pods_mib", "cached_pods"] {
         assert!(

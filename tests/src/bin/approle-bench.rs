@@ -371,29 +371,83 @@ async fn stable_rss(pid: u32, limit: Duration) -> u64 {
 /// Samples a process's RSS until stopped; returns the highest sample (a fallback for `VmHWM`).
 struct RssSampler {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<u64>,
+    task: tokio::task::JoinHandle<(u64, Vec<u32>)>,
 }
 
 impl RssSampler {
+    /// Every 10 ms until finished: the process's RSS (the peak is kept), and how many tasks are
+    /// runnable machine-wide (`procs_running` in `/proc/stat`, less the sampler itself): the
+    /// queue in which each step of a delivery waits for a core.
     fn start(pid: u32) -> Self {
         let (stop, mut rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let mut max = 0;
+            let (mut max, mut runnable) = (0, Vec::new());
             loop {
                 max = max.max(status_kib(pid, "VmRSS").unwrap_or(0));
+                runnable.extend(procs_running().map(|n| n.saturating_sub(1)));
                 tokio::select! {
-                    _ = &mut rx => return max,
-                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = &mut rx => return (max, runnable),
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             }
         });
         Self { stop, task }
     }
 
-    async fn finish(self) -> u64 {
+    /// The peak RSS in KiB and the runnable-task samples.
+    async fn finish(self) -> (u64, Vec<u32>) {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or(0)
+        self.task.await.unwrap_or_default()
     }
+}
+
+/// Tasks running or waiting for a core right now, machine-wide.
+fn procs_running() -> Option<u32> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The runnable-task samples of a burst: how long the queue for the cores was.
+#[derive(Debug, Default, Clone, Copy)]
+struct RunQueue {
+    mean: f64,
+    p50: u32,
+    p95: u32,
+    max: u32,
+    samples: usize,
+}
+
+impl RunQueue {
+    fn of(samples: &mut [u32]) -> Self {
+        samples.sort_unstable();
+        let at = |p: f64| {
+            let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+            samples
+                .get(rank.clamp(1, samples.len().max(1)) - 1)
+                .copied()
+                .unwrap_or(0)
+        };
+        Self {
+            mean: samples.iter().map(|&n| f64::from(n)).sum::<f64>() / samples.len().max(1) as f64,
+            p50: at(50.0),
+            p95: at(95.0),
+            max: samples.last().copied().unwrap_or(0),
+            samples: samples.len(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"mean": round(self.mean), "p50": self.p50, "p95": self.p95, "max": self.max,
+               "samples": self.samples, "cores": cores()})
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -704,6 +758,8 @@ struct BurstResult {
     bench_cpu_s: f64,
     controller_peak_rss_kib: u64,
     controller_rss_after_kib: u64,
+    /// Runnable tasks machine-wide, sampled from the first create to the last delivery.
+    run_queue: RunQueue,
     tokens: usize,
     token_json_matches: usize,
     logins_per_pod: BTreeMap<usize, usize>,
@@ -811,7 +867,7 @@ async fn run_burst(
         .map(|r| r.is_ok());
     watch_task.abort();
     let cpu1 = Cpu::now(pids);
-    let sampled_peak = sampler.finish().await;
+    let (sampled_peak, mut runnable) = sampler.finish().await;
     let hwm = status_kib(pids.controller, "VmHWM").unwrap_or(0);
     let controller_peak_rss_kib = if peak_reset { hwm } else { sampled_peak };
     let times = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -841,6 +897,7 @@ async fn run_burst(
         init_cpu_s: secs(cpu1.init.saturating_sub(cpu0.init)),
         bench_cpu_s: secs(cpu1.bench.saturating_sub(cpu0.bench)),
         controller_peak_rss_kib,
+        run_queue: RunQueue::of(&mut runnable),
         ..Default::default()
     };
 
@@ -1658,7 +1715,8 @@ impl Report {
             let per = |cpu: f64| cpu * 1000.0 / r.delivered.max(1) as f64;
             println!(
                 "burst {:>5}: init start → listening p50 {:.1} / p99 {:.1} ms, listening → token p50 {:.1} / p99 {:.1} ms; \
-                 CPU ms per delivery: approle-init {:.1}, kube-dev {:.1}, controller {:.1}, vault-dev {:.1}, approle-bench {:.1}",
+                 CPU ms per delivery: approle-init {:.1}, kube-dev {:.1}, controller {:.1}, vault-dev {:.1}, approle-bench {:.1}; \
+                 tasks waiting for or on the {} cores: mean {:.1}, p95 {}",
                 r.pods,
                 r.start_to_listening.p50,
                 r.start_to_listening.p99,
@@ -1669,6 +1727,9 @@ impl Report {
                 per(r.controller_cpu_s),
                 per(r.vault_cpu_s),
                 per(r.bench_cpu_s),
+                cores(),
+                r.run_queue.mean,
+                r.run_queue.p95,
             );
             if !r.stages.is_empty() {
                 let stages: Vec<String> = r
@@ -1773,6 +1834,7 @@ impl Report {
                     "approle_bench_cpu_s": round(r.bench_cpu_s),
                     "approle_init_cpu_ms_each": round(r.init_cpu_s * 1000.0 / r.delivered.max(1) as f64),
                     "controller_peak_rss_mib": round(mib(r.controller_peak_rss_kib)),
+                    "runnable_tasks": r.run_queue.json(),
                     "controller_rss_after_mib": round(mib(r.controller_rss_after_kib)),
                     "vault_requests": r.vault_requests,
                     "vault_requests_per_delivery": round(r.requests_per_delivery()),
@@ -1877,5 +1939,16 @@ mod tests {
         let mut out = vec![Vec::new(); STAGES.len()];
         split_stages(listening, &marks["b0-100-8"], written, &mut out);
         assert!(out.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn the_run_queue_summary_is_of_the_samples() {
+        let q = RunQueue::of(&mut [4, 1, 3, 2, 20, 2, 3, 1, 2, 2]);
+        assert_eq!((q.p50, q.p95, q.max, q.samples), (2, 20, 20, 10));
+        assert!((q.mean - 4.0).abs() < 1e-9, "{q:?}");
+        let none = RunQueue::of(&mut []);
+        assert_eq!((none.p50, none.max, none.samples), (0, 0, 0));
+        // This test itself is running.
+        assert!(procs_running().is_some_and(|n| n >= 1));
     }
 }
