@@ -8,7 +8,8 @@
 //!      handshake with the init container's TLS configuration, lookup, unwrap, login — alone
 //!      (sequential samples) and in bursts of the same size and concurrency as the controller's
 //!   3. per burst (10, 100, 1000 annotated pods): deliveries/s, init running → token written
-//!      p50/p95/p99, controller CPU seconds and peak RSS, Vault requests per delivery, and the
+//!      p50/p95/p99, CPU per process, controller peak RSS, the tasks waiting for or on the cores
+//!      (`/proc/stat` `procs_running`), Vault requests per delivery, and the
 //!      exactly-once checks (status annotation, one token per pod, one login per pod IP in the
 //!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left);
 //!      with the controller at `approle_controller=debug`, listening → token split into stages
