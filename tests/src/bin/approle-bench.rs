@@ -425,13 +425,7 @@ struct RunQueue {
 impl RunQueue {
     fn of(samples: &mut [u32]) -> Self {
         samples.sort_unstable();
-        let at = |p: f64| {
-            let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-            samples
-                .get(rank.clamp(1, samples.len().max(1)) - 1)
-                .copied()
-                .unwrap_or(0)
-        };
+        let at = |p: f64| nearest_rank(samples, p).unwrap_or(0);
         Self {
             mean: samples.iter().map(|&n| f64::from(n)).sum::<f64>() / samples.len().max(1) as f64,
             p50: at(50.0),
@@ -485,18 +479,18 @@ struct Percentiles {
     n: usize,
 }
 
+/// The `p`-th percentile of sorted samples by nearest rank; `None` if there are none.
+fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
 impl Percentiles {
     /// Nearest-rank percentiles of durations, in milliseconds.
     fn of(samples: &mut [Duration]) -> Self {
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let at = |p: f64| {
-            if samples.is_empty() {
-                return 0.0;
-            }
-            let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-            ms(samples[rank.clamp(1, samples.len()) - 1])
-        };
+        let at = |p: f64| nearest_rank(samples, p).map(ms).unwrap_or(0.0);
         Self {
             p50: at(50.0),
             p95: at(95.0),
