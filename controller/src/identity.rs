@@ -27,6 +27,7 @@ use approle_shared::secret::IdentityToken;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use tracing::debug;
 
 use crate::push::{PushClient, PushFailure, Session};
 
@@ -213,6 +214,9 @@ pub async fn open_verified(
         }
         Err(other) => return Err(OpenFailure::Transport(other)),
     };
+    // With the next line, says whether the init container (TCP, mutual TLS, the identity
+    // answer) or the API server (the TokenReview) is what a slow delivery waits for.
+    debug!("identity token received; asking the API server (TokenReview)");
     let status = review(client, &token)
         .await
         .map_err(OpenFailure::Identity)?;

@@ -73,6 +73,7 @@ async fn quick_bench_completes_and_writes_json() {
         assert_eq!(
             names,
             [
+                "identity_shown",
                 "identity_verified",
                 "minted",
                 "seen_running",

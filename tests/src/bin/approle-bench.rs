@@ -13,7 +13,7 @@
 //!      exactly-once checks (status annotation, one token per pod, one login per pod IP in the
 //!      audit log, one SecretIdDelivered Event per pod, init exit 0, no live secret_id left);
 //!      with the controller at `approle_controller=debug`, listening → token split into stages
-//!      at its log lines (seen running, slot taken, identity verified, minted, token written)
+//!      at its log lines (seen running, slot taken, identity shown, identity verified, minted, token written)
 //!   4. approle-init run directly: start-to-listening, peak RSS (`/usr/bin/time -f %M`), stripped size,
 //!      static or dynamic linking (the image's is static: `cargo release-init`)
 //!   5. controller RSS with N managed pods cached (bound to a node the kubelet ignores), each
@@ -1114,11 +1114,16 @@ fn since(a: SystemTime, b: SystemTime) -> Duration {
 
 /// The stages of `listening → token`, each ending at a controller debug line (the text it
 /// holds), the last at the init container's `token files written`.
-const STAGES: [(&str, Option<&str>); 5] = [
+const STAGES: [(&str, Option<&str>); 6] = [
     // kube-dev writes the status, the watch carries it, the controller decides.
     ("seen running", Some("waiting for a delivery slot")),
     ("slot", Some("delivery slot taken")),
-    // TCP + TLS to the pod, GET /v1/identity, the TokenReview.
+    // TCP + mutual TLS to the pod, GET /v1/identity.
+    (
+        "identity shown",
+        Some("identity token received; asking the API server"),
+    ),
+    // The TokenReview.
     (
         "identity verified",
         Some("init container reached, pod identity verified"),
@@ -1903,6 +1908,7 @@ mod tests {
             format!("2026-11-28T12:00:00.040000Z DEBUG {span}: delivery slot taken"),
             // A second reconcile of the same pod: the first line counts.
             format!("2026-11-28T12:00:00.041000Z DEBUG {span}: init container running: waiting for a delivery slot"),
+            format!("2026-11-28T12:00:00.052000Z DEBUG {span}: identity token received; asking the API server (TokenReview)"),
             format!("2026-11-28T12:00:00.070000Z DEBUG {span}: init container reached, pod identity verified"),
             format!("2026-11-28T12:00:00.075000Z DEBUG {span}: minted wrapped secret_id secret_id_accessor=a"),
         ]
@@ -1916,7 +1922,7 @@ mod tests {
         let written = at("2026-11-28T12:00:00.090000Z");
         split_stages(listening, &marks["b0-100-7"], written, &mut out);
         let ms: Vec<u128> = out.iter().map(|s| s[0].as_millis()).collect();
-        assert_eq!(ms, [10, 10, 30, 5, 15]);
+        assert_eq!(ms, [10, 10, 12, 18, 5, 15]);
 
         // Seen running before `listening on` was logged: that stage counts zero, the next
         // starts where it ended.
@@ -1928,7 +1934,7 @@ mod tests {
             &mut out,
         );
         let ms: Vec<u128> = out.iter().map(|s| s[0].as_millis()).collect();
-        assert_eq!(ms, [0, 5, 30, 5, 15]);
+        assert_eq!(ms, [0, 5, 12, 18, 5, 15]);
 
         // A pod missing a line adds nothing.
         let mut out = vec![Vec::new(); STAGES.len()];
