@@ -46,6 +46,10 @@ struct Env {
 }
 
 async fn start() -> Env {
+    start_with(Config::default().kubelet_threads).await
+}
+
+async fn start_with(kubelet_threads: usize) -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let bin_dir = tempfile::tempdir().expect("tempdir");
     let script = bin_dir.path().join("approle-init-stand-in");
@@ -58,6 +62,7 @@ async fn start() -> Env {
         init_binary: Some(script),
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
+        kubelet_threads,
         ..Config::default()
     })
     .await
@@ -453,7 +458,22 @@ async fn a_restarted_sandbox_runs_the_init_containers_again_on_a_new_ip_and_keep
 
 #[tokio::test]
 async fn pod_ips_are_unique_and_deletion_kills_the_process_and_removes_dirs() {
-    let env = start().await;
+    ips_and_deletion(start().await).await;
+}
+
+/// The kubelet on the API server's runtime (`--kubelet-threads 0`) behaves the same.
+#[tokio::test]
+async fn the_kubelet_on_the_api_servers_runtime_runs_and_deletes_pods_alike() {
+    ips_and_deletion(start_with(0).await).await;
+}
+
+/// And on a runtime of several threads.
+#[tokio::test]
+async fn the_kubelet_on_two_threads_runs_and_deletes_pods_alike() {
+    ips_and_deletion(start_with(2).await).await;
+}
+
+async fn ips_and_deletion(env: Env) {
     let pods: Api<Pod> = Api::default_namespaced(env.client.clone());
     for i in 0..3 {
         pods.create(

@@ -81,6 +81,11 @@ struct Args {
     /// `--controller-arg=--concurrency=128`).
     #[arg(long, allow_hyphen_values = true)]
     controller_arg: Vec<String>,
+    /// More flags for kube-dev, each a separate `--kube-dev-arg` (e.g.
+    /// `--kube-dev-arg=--kubelet-threads=0` runs the kubelet simulator on the API server's
+    /// runtime, as before it had one of its own).
+    #[arg(long, allow_hyphen_values = true)]
+    kube_dev_arg: Vec<String>,
     /// Keep the stack's directory (all logs, the audit log) and print where it is.
     #[arg(long)]
     keep_logs: bool,
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .chain(args.controller_arg.iter().cloned())
             .collect(),
+        kube_args: args.kube_dev_arg.clone(),
         tmpfs: true,
         ..Default::default()
     })

@@ -58,6 +58,10 @@ struct Args {
         value_delimiter = ','
     )]
     service_address: Vec<String>,
+    /// Worker threads of the kubelet simulator's own runtime, apart from the API server's (a real
+    /// kubelet is a process of its own); 0 runs the kubelet on the API server's runtime.
+    #[arg(long, env = "KUBE_DEV_KUBELET_THREADS", default_value_t = 1)]
+    kubelet_threads: usize,
     /// Grace period for pod processes at shutdown.
     #[arg(long, env = "KUBE_DEV_SHUTDOWN_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         service_addresses: services,
+        kubelet_threads: args.kubelet_threads,
     };
     let running = KubeDev::start(cfg).await.context("starting kube-dev")?;
     println!(

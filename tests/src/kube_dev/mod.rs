@@ -12,7 +12,8 @@
 //!                                                      kubelet (node kube-dev-node): pod IPs
 //!                                                      127.x.y.z, volumes under root_dir,
 //!                                                      approle-init as a real process, app
-//!                                                      containers simulated
+//!                                                      containers simulated; on a runtime of
+//!                                                      its own (`kubelet_threads`, default 1)
 //! ```
 //!
 //! Start it in-process with [`KubeDev::start`] (the `kube-dev` binary does the same), use
@@ -125,6 +126,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Webhook `service` references (`namespace/name`) → loopback address serving them.
     pub service_addresses: HashMap<String, SocketAddr>,
+    /// Worker threads of the kubelet simulator's own runtime; 0 runs it on the API server's.
+    pub kubelet_threads: usize,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             service_addresses: HashMap::new(),
+            kubelet_threads: 1,
         }
     }
 }
@@ -228,7 +232,8 @@ pub(crate) fn seed_service_account(store: &Store, ns: &str) {
 }
 
 impl KubeDev {
-    /// Starts the API server and the kubelet on the current tokio runtime.
+    /// Starts the API server on the current tokio runtime, and the kubelet on a runtime of its
+    /// own unless [`Config::kubelet_threads`] is 0.
     pub async fn start(cfg: Config) -> Result<Running, Error> {
         let (root_dir, tmp) = match &cfg.root_dir {
             Some(d) => {
@@ -277,10 +282,12 @@ impl KubeDev {
                 backoff_max: cfg.backoff_max,
                 api_host: addr.ip().to_string(),
                 api_port: addr.port(),
+                threads: cfg.kubelet_threads,
             },
             store.clone(),
             tokens.clone(),
-        );
+        )
+        .map_err(io_err("start the kubelet's runtime"))?;
         let admission = admission::Admission::new(cfg.service_addresses.clone());
         let state = Arc::new(api::ApiState {
             store: store.clone(),
