@@ -362,35 +362,38 @@ async fn raw_watch_reports_added_modified_deleted_in_order() {
     )
     .await
     .expect("create other");
-    pods.delete("w-0", &DeleteParams::default().grace_period(0))
-        .await
-        .expect("delete");
 
+    // The kubelet's updates come before the delete: wait for one, so the order is not a race.
     let mut seen = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(ev) = stream.try_next().await.expect("watch stream") {
+    let mut next = async || -> String {
+        loop {
+            let ev = tokio::time::timeout(DEADLINE, stream.try_next())
+                .await
+                .expect("watch event in time")
+                .expect("watch stream")
+                .expect("watch open");
             match ev {
-                WatchEvent::Added(p) => seen.push(format!("ADDED {}", p.name_any())),
-                WatchEvent::Modified(p) => seen.push(format!("MODIFIED {}", p.name_any())),
-                WatchEvent::Deleted(p) => {
-                    seen.push(format!("DELETED {}", p.name_any()));
-                    break;
-                }
+                WatchEvent::Added(p) => return format!("ADDED {}", p.name_any()),
+                WatchEvent::Modified(p) => return format!("MODIFIED {}", p.name_any()),
+                WatchEvent::Deleted(p) => return format!("DELETED {}", p.name_any()),
                 WatchEvent::Bookmark(_) => {}
                 WatchEvent::Error(e) => panic!("watch error {e:?}"),
             }
         }
-    })
-    .await
-    .expect("watch finishes in time");
+    };
+    while !seen.iter().any(|s: &String| s.starts_with("MODIFIED")) {
+        seen.push(next().await);
+    }
+    pods.delete("w-0", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    while !seen.iter().any(|s| s.starts_with("DELETED")) {
+        seen.push(next().await);
+    }
     seen.dedup();
     assert_eq!(seen.first().map(String::as_str), Some("ADDED w-0"));
     assert_eq!(seen.last().map(String::as_str), Some("DELETED w-0"));
     assert!(seen.iter().all(|s| s.ends_with("w-0")), "{seen:?}");
-    assert!(
-        seen.iter().any(|s| s.starts_with("MODIFIED")),
-        "kubelet updates are seen: {seen:?}"
-    );
 }
 
 /// Reads a `kube::runtime::watcher` stream up to the end of its initial list.
@@ -756,6 +759,23 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
         .create(&PostParams::default(), &pod("p", json!({})))
         .await
         .expect("create pod");
+    // A finalizer holds this pod, and so the namespace, in Terminating until the test lets go:
+    // without it the namespace may be gone before the next request, as on a real cluster.
+    let mut held = pod("held", json!({}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let held = pods
+        .create(&PostParams::default(), &held)
+        .await
+        .expect("create held pod");
+    // Any object's finalizer holds the namespace, not only a pod's.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "team-b");
+    let cm = serde_json::from_value(json!({
+        "metadata": {"name": "held-cm", "finalizers": ["example.com/hold"]}
+    }))
+    .expect("configmap");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create held configmap");
     let terminating = nss
         .delete("team-b", &DeleteParams::default())
         .await
@@ -772,6 +792,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
             .expect_err("terminating namespace"),
     );
     assert_eq!(e.code, 403);
+    assert_eq!(e.reason, "Forbidden");
     let pod_uid = p.uid().expect("uid");
     let pod_gone = kube::runtime::wait::await_condition(
         pods.clone(),
@@ -782,6 +803,47 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
         .await
         .expect("pod deleted")
         .expect("watch");
+    let still = pods.get("held").await.expect("held pod stays");
+    assert!(still.metadata.deletion_timestamp.is_some());
+    let ns_now = nss.get("team-b").await.expect("namespace stays");
+    assert_eq!(
+        ns_now.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    pods.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))
+                .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("remove finalizer");
+    let held_uid = held.uid().expect("uid");
+    let held_gone = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "held",
+        kube::runtime::wait::conditions::is_deleted(&held_uid),
+    );
+    tokio::time::timeout(DEADLINE, held_gone)
+        .await
+        .expect("held pod deleted")
+        .expect("watch");
+    let cm_now = cms.get("held-cm").await.expect("held configmap stays");
+    assert!(cm_now.metadata.deletion_timestamp.is_some());
+    let ns_now = nss.get("team-b").await.expect("namespace stays");
+    assert_eq!(
+        ns_now.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    cms.patch(
+        "held-cm",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove configmap finalizer");
     let ns_uid = terminating.metadata.uid.expect("uid");
     let ns_gone = kube::runtime::wait::await_condition(
         nss.clone(),

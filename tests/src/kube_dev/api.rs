@@ -1279,45 +1279,25 @@ fn delete_collection(st: &ApiState, r: &Req) -> Result<Response, ApiError> {
     ))
 }
 
-/// The namespace controller: delete everything in a terminating namespace (pods gracefully, so
-/// the kubelet stops them), wait for the pods to be gone, then remove the namespace.
+/// The namespace controller: delete everything in a terminating namespace as a client's delete
+/// would (pods gracefully, so the kubelet stops them; objects with finalizers only marked), then
+/// remove the namespace once nothing is left in it. As on a real cluster, a finalizer that no one
+/// removes keeps the namespace `Terminating`.
 fn finalize_namespace(st: &ApiState, ns: String) {
-    let store = st.store.clone();
-    let defs = resources::RESOURCES.iter().filter(|d| {
-        d.namespaced && !d.create_only && !(d.storage == "events" && d.group.is_empty())
-    });
-    for def in defs {
-        let (items, _) = store.list(def.storage, Some(&ns));
+    let contents = || {
+        resources::RESOURCES.iter().filter(|d| {
+            d.namespaced && !d.create_only && !(d.storage == "events" && d.group.is_empty())
+        })
+    };
+    for def in contents() {
+        let (items, _) = st.store.list(def.storage, Some(&ns));
         for o in items {
-            let _ = store.update(def.storage, &ns, name_of(&o), false, |cur| {
-                let graceful = def.storage == "pods"
-                    && str_at(cur, &["spec", "nodeName"]) == super::NODE_NAME
-                    && !matches!(str_at(cur, &["status", "phase"]), "Succeeded" | "Failed");
-                if !graceful {
-                    return Ok::<_, ApiError>(Update::Delete(cur.clone()));
-                }
-                let mut obj = cur.clone();
-                if obj.pointer("/metadata/deletionTimestamp").is_none() {
-                    let grace = cur
-                        .pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(30);
-                    let meta = metadata_mut(&mut obj);
-                    meta.insert("deletionTimestamp".into(), json!(time_in(grace)));
-                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                }
-                Ok(Update::Put(obj))
-            });
+            let _ = delete_one(st, def, &ns, name_of(&o), &DeleteOptions::default(), false);
         }
     }
+    let store = st.store.clone();
     tokio::spawn(async move {
-        // Bounded: pods stop within their grace period; give up after a generous minute.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let (pods, _) = store.list("pods", Some(&ns));
-            if pods.is_empty() || tokio::time::Instant::now() > deadline {
-                break;
-            }
+        while !contents().all(|d| store.list(d.storage, Some(&ns)).0.is_empty()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = store.delete("namespaces", "", &ns, None);
