@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             watcher::Config::default().labels(&pod::managed_selector()),
         )
         .default_backoff(),
+        client.clone(),
         leadership.clone(),
         vault.clone(),
         auth.clone(),

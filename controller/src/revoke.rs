@@ -13,7 +13,14 @@
 //!   gone ──leading──▶ revoke each accessor whose token's metadata names the pod
 //!        └─standby──▶ kept STANDBY_WINDOW ──this replica takes over──▶ revoke (those its
 //!                                                 predecessor already revoked are found gone)
+//!   gone unmarked (no deletion timestamp, or missing from a re-list) ──▶ GET the pod first:
+//!        still there (same UID) ──▶ kept: it only left the selection (managed label removed)
 //! ```
+//!
+//! A label selector's watch reports a pod that stops matching as a Delete of the pod as it was,
+//! exactly like a deletion. A pod the kubelet stops is marked (deletion timestamp) before it
+//! goes, so only unmarked ones are looked up: a pod whose managed label was removed keeps its
+//! token while it runs; the controller no longer sees it, so that token ends by its TTL.
 //!
 //! A separate watch of managed pods feeds this, not a finalizer: a finalizer would block every pod
 //! deletion while the controller is down. What this cannot see (a pod deleted while no replica
@@ -26,12 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pod::Pod;
+use approle_shared::MANAGED_LABEL;
 use approle_shared::annotations::TOKEN_ACCESSOR;
 use approle_shared::vault::{Destroyed, Vault};
 use futures::{Stream, StreamExt};
-use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -55,6 +63,7 @@ const CONCURRENCY: usize = 8;
 /// [`STANDBY_WINDOW`] and revokes them when it takes over.
 pub async fn run(
     events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Pod>>, watcher::Error>>,
+    client: kube::Client,
     leadership: Leadership,
     vault: Vault,
     auth: Arc<VaultAuth>,
@@ -66,6 +75,7 @@ pub async fn run(
     let mut leading = leadership.is_leader();
     let revoker = Revoker {
         permits: Arc::new(Semaphore::new(CONCURRENCY)),
+        client,
         vault,
         auth,
         admin,
@@ -116,6 +126,7 @@ pub async fn run(
 /// Runs revocations as tasks, [`CONCURRENCY`] at a time.
 struct Revoker {
     permits: Arc<Semaphore>,
+    client: kube::Client,
     vault: Vault,
     auth: Arc<VaultAuth>,
     admin: Arc<Admin>,
@@ -127,11 +138,43 @@ impl Revoker {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
-        let (vault, auth, admin) = (self.vault.clone(), self.auth.clone(), self.admin.clone());
+        let (client, vault, auth, admin) = (
+            self.client.clone(),
+            self.vault.clone(),
+            self.auth.clone(),
+            self.admin.clone(),
+        );
         tokio::spawn(async move {
-            revoke(&r.owner, &r.accessor, why, &vault, &auth, &admin).await;
+            if r.confirm && still_there(&client, &r.owner).await {
+                info!(
+                    pod.namespace = r.owner.namespace,
+                    pod.name = r.owner.name,
+                    token_accessor = r.accessor,
+                    "not revoking the token of a pod that left the managed selection but still runs (was its {MANAGED_LABEL} label removed?): it is not revoked when the pod is deleted either, and ends by its TTL"
+                );
+            } else {
+                revoke(&r.owner, &r.accessor, why, &vault, &auth, &admin).await;
+            }
             drop(permit);
         });
+    }
+}
+
+/// Whether this very pod (by UID) still exists. On an API error, no: the token is revoked, as
+/// a credential must not outlive its pod.
+async fn still_there(client: &kube::Client, owner: &Owner) -> bool {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace);
+    match pods.get_metadata_opt(&owner.name).await {
+        Ok(found) => found.is_some_and(|p| p.uid().as_deref() == Some(owner.uid.as_str())),
+        Err(e) => {
+            warn!(
+                pod.namespace = owner.namespace,
+                pod.name = owner.name,
+                error = %e,
+                "could not ask the API server whether a pod that left the watch still exists: revoking its token"
+            );
+            false
+        }
     }
 }
 
@@ -142,6 +185,10 @@ pub struct Recorded {
     pub owner: Owner,
     /// `vault-approle.io/token-accessor`.
     pub accessor: String,
+    /// The watch did not show the pod being deleted (a Delete without a deletion timestamp, or
+    /// missing from a re-list): it may only have left the selection, by losing its managed label.
+    /// The API server is asked first, and a pod still there keeps its token.
+    pub confirm: bool,
 }
 
 /// Accessors remembered per pod: the one the controller recorded, and any it was edited to.
@@ -167,11 +214,12 @@ impl Tracked {
         self.accessors.push(accessor.clone());
     }
 
-    fn gone(self) -> impl Iterator<Item = Recorded> {
+    fn gone(self, confirm: bool) -> impl Iterator<Item = Recorded> {
         let owner = self.owner;
         self.accessors.into_iter().map(move |accessor| Recorded {
             owner: owner.clone(),
             accessor,
+            confirm,
         })
     }
 }
@@ -198,9 +246,12 @@ impl Tracker {
             watcher::Event::Delete(pod) => {
                 self.record(&pod);
                 let uid = pod.uid().unwrap_or_default();
+                // A pod the kubelet stopped was marked first; one that only lost the managed
+                // label comes as it was before, unmarked (as does a force-deleted one).
+                let confirm = pod.metadata.deletion_timestamp.is_none();
                 self.pods
                     .remove(&uid)
-                    .map(|t| t.gone().collect())
+                    .map(|t| t.gone(confirm).collect())
                     .unwrap_or_default()
             }
             watcher::Event::Init => {
@@ -220,7 +271,7 @@ impl Tracker {
                 };
                 self.pods
                     .extract_if(|uid, _| !listed.contains(uid))
-                    .flat_map(|(_, tracked)| tracked.gone())
+                    .flat_map(|(_, tracked)| tracked.gone(true))
                     .collect()
             }
         }
@@ -399,6 +450,15 @@ mod tests {
         .into_response_partial()
     }
 
+    /// The same pod as the watch shows it once the kubelet stopped it (marked for deletion).
+    fn marked(mut pod: PartialObjectMeta<Pod>) -> PartialObjectMeta<Pod> {
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        pod
+    }
+
     fn accessors(gone: &[Recorded]) -> Vec<&str> {
         let mut v: Vec<&str> = gone.iter().map(|r| r.accessor.as_str()).collect();
         v.sort_unstable();
@@ -420,7 +480,7 @@ mod tests {
         let mut t = Tracker::default();
         assert!(list(&mut t, &[pod("a", Some("acc-a")), pod("b", None)]).is_empty());
         assert!(t.event(Event::Apply(pod("b", Some("acc-b")))).is_empty());
-        let gone = t.event(Event::Delete(pod("a", Some("acc-a"))));
+        let gone = t.event(Event::Delete(marked(pod("a", Some("acc-a")))));
         assert_eq!(
             gone,
             vec![Recorded {
@@ -429,16 +489,17 @@ mod tests {
                     name: "a".into(),
                     uid: "uid-a".into()
                 },
-                accessor: "acc-a".into()
+                accessor: "acc-a".into(),
+                confirm: false,
             }]
         );
         // A pod that never held a token gives nothing.
         assert!(t.event(Event::Delete(pod("c", None))).is_empty());
-        // The last accessor seen counts when the deleted object carries none.
-        assert_eq!(
-            accessors(&t.event(Event::Delete(pod("b", None)))),
-            ["acc-b"]
-        );
+        // The last accessor seen counts when the deleted object carries none. Unmarked, the
+        // pod may only have lost its managed label: the API server is asked first.
+        let gone = t.event(Event::Delete(pod("b", None)));
+        assert_eq!(accessors(&gone), ["acc-b"]);
+        assert!(gone.iter().all(|r| r.confirm));
     }
 
     #[test]
@@ -459,6 +520,10 @@ mod tests {
             &[pod("stays", Some("acc-1")), pod("new", Some("acc-4"))],
         );
         assert_eq!(accessors(&gone), ["acc-2", "acc-3"]);
+        assert!(
+            gone.iter().all(|r| r.confirm),
+            "a pod missing from a re-list may only have lost its label"
+        );
         // Nothing is given twice, and the pods of the new list are tracked.
         assert!(
             list(
@@ -508,6 +573,7 @@ mod tests {
                 uid: format!("uid-{name}"),
             },
             accessor: format!("acc-{name}"),
+            confirm: false,
         };
         s.push(start, gone("old"));
         s.push(start + Duration::from_secs(10), gone("recent"));

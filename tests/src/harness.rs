@@ -1128,10 +1128,17 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
         let patch = json!({"metadata": {"annotations": {
             crate::kube_dev::kubelet::RESTART_SANDBOX_ANNOTATION: mark,
         }}});
-        self.pods()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        self.merge_patch(name, &patch)
             .await
-            .with_context(|| format!("restarting the sandbox of {name}"))?;
+            .with_context(|| format!("restarting the sandbox of {name}"))
+    }
+
+    /// Applies a JSON merge patch to a pod in `default` (`null` removes a key).
+    pub async fn merge_patch(&self, name: &str, patch: &Value) -> anyhow::Result<()> {
+        self.pods()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .with_context(|| format!("patching pod {name}"))?;
         Ok(())
     }
 

@@ -400,6 +400,30 @@ async fn deleting_pods_revokes_their_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pod_that_loses_its_managed_label_keeps_its_token() {
+    let _one = harness::exclusive().await;
+    let stack = Stack::start(StackOptions::default()).await.expect("stack");
+    let pod = delivered_pod(&stack, "relabel-0").await;
+    let ip = pod_ip(&pod);
+    let token = stack.pod_token(&pod).expect("token");
+    // The controller's watches select on the label: to them the pod is gone, exactly as if
+    // deleted (the watch sends a Delete of the pod as it was). It is still running.
+    let unlabel = json!({"metadata": {"labels": {"vault-approle.io/managed": null}}});
+    stack
+        .merge_patch("relabel-0", &unlabel)
+        .await
+        .expect("remove the label");
+    wait_logged(
+        &stack,
+        "not revoking the token of a pod that left the managed selection",
+    )
+    .await;
+    let (status, body) = vault_get(&stack, "auth/token/lookup-self", &token, ip).await;
+    assert_eq!(status, 200, "the running pod's token still works: {body}");
+    stack.assert_no_secrets(&[&token, &stack.controller_token, harness::ROOT_TOKEN]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_init_container_gets_a_new_token_and_the_old_one_is_revoked() {
     let _one = harness::exclusive().await;
     let stack = Stack::start(StackOptions::default()).await.expect("stack");
@@ -498,12 +522,7 @@ async fn an_edited_accessor_annotation_gets_no_other_token_revoked_and_keeps_non
     let edit = json!({"metadata": {"annotations": {ACCESSOR: victim_accessor}}});
     let edit_annotation = || async {
         stack
-            .pods()
-            .patch(
-                "tamper-0",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&edit),
-            )
+            .merge_patch("tamper-0", &edit)
             .await
             .expect("edit the annotation");
     };

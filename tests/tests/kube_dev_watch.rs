@@ -32,6 +32,16 @@ fn parked_pod(name: &str) -> Pod {
     .expect("pod")
 }
 
+/// The collection's resourceVersion now: a watch from it sees only what comes next.
+async fn current_rv(pods: &Api<Pod>) -> String {
+    pods.list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv")
+}
+
 async fn churn(client: &kube::Client, prefix: &str, n: usize) {
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     for i in 0..n {
@@ -83,8 +93,7 @@ async fn resuming_from_a_version_older_than_the_window_gets_410_in_stream() {
     );
 
     // A version inside the window replays what happened after it.
-    let list = pods.list(&ListParams::default()).await.expect("list");
-    let rv = list.metadata.resource_version.expect("rv");
+    let rv = current_rv(&pods).await;
     pods.create(&PostParams::default(), &parked_pod("new-0"))
         .await
         .expect("create");
@@ -221,13 +230,7 @@ async fn bookmarks_carry_the_current_resource_version() {
     })
     .await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let rv = pods
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .metadata
-        .resource_version
-        .expect("rv");
+    let rv = current_rv(&pods).await;
     churn(&client, "b", 3).await;
     let mut stream = pods
         .watch(&WatchParams::default(), &rv)
@@ -245,4 +248,64 @@ async fn bookmarks_carry_the_current_resource_version() {
     .expect("a bookmark in time");
     let bookmark_rv: u64 = bookmark.metadata.resource_version.parse().expect("numeric");
     assert!(bookmark_rv >= rv.parse::<u64>().expect("numeric") + 3);
+}
+
+#[tokio::test]
+async fn relabelling_moves_objects_into_and_out_of_a_selected_watch() {
+    let (_kd, client) = start(Config::default()).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let rv = current_rv(&pods).await;
+    let mut stream = pods
+        .watch(&WatchParams::default().labels("app=watched"), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut out = parked_pod("mover");
+    out.metadata.labels = Some([("app".to_string(), "other".to_string())].into());
+    pods.create(&PostParams::default(), &out)
+        .await
+        .expect("create");
+    let label = |v: &str| {
+        kube::api::Patch::Merge(
+            json!({"metadata": {"labels": {"app": v}, "annotations": {"step": v}}}),
+        )
+    };
+    let pp = kube::api::PatchParams::default();
+    let entered = pods
+        .patch("mover", &pp, &label("watched"))
+        .await
+        .expect("into the selection");
+    let left = pods
+        .patch("mover", &pp, &label("elsewhere"))
+        .await
+        .expect("out of the selection");
+    let mut next = async || loop {
+        match tokio::time::timeout(DEADLINE, stream.try_next())
+            .await
+            .expect("event in time")
+            .expect("stream")
+            .expect("watch open")
+        {
+            WatchEvent::Bookmark(_) => {}
+            ev => return ev,
+        }
+    };
+    let WatchEvent::Added(added) = next().await else {
+        panic!("entering the selection is ADDED");
+    };
+    assert_eq!(added.resource_version(), entered.resource_version());
+    // Leaving it is DELETED, with the object as it was (still matching) and the new version.
+    let WatchEvent::Deleted(deleted) = next().await else {
+        panic!("leaving the selection is DELETED");
+    };
+    assert_eq!(
+        deleted.labels().get("app").map(String::as_str),
+        Some("watched")
+    );
+    assert_eq!(
+        deleted.annotations().get("step").map(String::as_str),
+        Some("watched")
+    );
+    assert_eq!(deleted.resource_version(), left.resource_version());
+    pods.get("mover").await.expect("the pod itself stays");
 }

@@ -722,7 +722,9 @@ fn watch_handler(st: &Arc<ApiState>, r: Req) -> Result<Response, ApiError> {
 }
 
 /// A change as seen through a filtered watch: objects entering the selection are ADDED, leaving
-/// it DELETED, as with the real watch cache.
+/// it DELETED, as with the real watch cache. An object that leaves the selection is sent as it
+/// was before the change (the watch cache's `PrevObject`) with the change's resourceVersion: the
+/// watcher learns only that it is out of the selection, not what it is now.
 fn translate<'a>(filter: &Filter, c: &'a Change) -> Option<(&'static str, Cow<'a, Value>)> {
     let now = filter.matches(&c.object);
     let before = c.old.as_deref().and_then(|o| filter.matches(o));
@@ -731,11 +733,17 @@ fn translate<'a>(filter: &Filter, c: &'a Change) -> Option<(&'static str, Cow<'a
         ChangeKind::Deleted => before
             .or(now)
             .map(|_| ("DELETED", present(filter.def, &c.object))),
-        ChangeKind::Modified => match (before.is_some(), now) {
-            (true, Some(v)) => Some(("MODIFIED", v)),
-            (false, Some(v)) => Some(("ADDED", v)),
-            (true, None) => Some(("DELETED", present(filter.def, &c.object))),
-            (false, None) => None,
+        ChangeKind::Modified => match (before, now) {
+            (Some(_), Some(v)) => Some(("MODIFIED", v)),
+            (None, Some(v)) => Some(("ADDED", v)),
+            (Some(old), None) => {
+                let mut old = old.into_owned();
+                if let Some(meta) = old.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("resourceVersion".into(), json!(rv_of(&c.object)));
+                }
+                Some(("DELETED", Cow::Owned(old)))
+            }
+            (None, None) => None,
         },
     }
 }
