@@ -39,6 +39,22 @@ fn pod(name: &str, labels: serde_json::Value) -> Pod {
     .expect("valid pod")
 }
 
+/// Waits (watching, with [`DEADLINE`]) until the object `name` with `uid` is gone.
+async fn wait_deleted<K>(api: &Api<K>, name: &str, uid: &str, what: &str)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let gone = kube::runtime::wait::await_condition(
+        api.clone(),
+        name,
+        kube::runtime::wait::conditions::is_deleted(uid),
+    );
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect(what)
+        .expect("watch");
+}
+
 fn api_error(e: kube::Error) -> kube::core::Status {
     match e {
         kube::Error::Api(s) => *s,
@@ -640,15 +656,7 @@ async fn namespaces_gate_creation_and_graceful_delete_removes_the_pod() {
     let terminating = resp.left().expect("graceful delete returns the pod");
     assert!(terminating.metadata.deletion_timestamp.is_some());
     let uid = terminating.uid().expect("uid");
-    let gone = kube::runtime::wait::await_condition(
-        pods.clone(),
-        "p",
-        kube::runtime::wait::conditions::is_deleted(&uid),
-    );
-    tokio::time::timeout(DEADLINE, gone)
-        .await
-        .expect("deleted in time")
-        .expect("watch");
+    wait_deleted(&pods, "p", &uid, "deleted in time").await;
 }
 
 #[tokio::test]
@@ -794,15 +802,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
     assert_eq!(e.code, 403);
     assert_eq!(e.reason, "Forbidden");
     let pod_uid = p.uid().expect("uid");
-    let pod_gone = kube::runtime::wait::await_condition(
-        pods.clone(),
-        "p",
-        kube::runtime::wait::conditions::is_deleted(&pod_uid),
-    );
-    tokio::time::timeout(DEADLINE, pod_gone)
-        .await
-        .expect("pod deleted")
-        .expect("watch");
+    wait_deleted(&pods, "p", &pod_uid, "pod deleted").await;
     let still = pods.get("held").await.expect("held pod stays");
     assert!(still.metadata.deletion_timestamp.is_some());
     let ns_now = nss.get("team-b").await.expect("namespace stays");
@@ -821,15 +821,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
     .await
     .expect("remove finalizer");
     let held_uid = held.uid().expect("uid");
-    let held_gone = kube::runtime::wait::await_condition(
-        pods.clone(),
-        "held",
-        kube::runtime::wait::conditions::is_deleted(&held_uid),
-    );
-    tokio::time::timeout(DEADLINE, held_gone)
-        .await
-        .expect("held pod deleted")
-        .expect("watch");
+    wait_deleted(&pods, "held", &held_uid, "held pod deleted").await;
     let cm_now = cms.get("held-cm").await.expect("held configmap stays");
     assert!(cm_now.metadata.deletion_timestamp.is_some());
     let ns_now = nss.get("team-b").await.expect("namespace stays");
@@ -845,15 +837,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
     .await
     .expect("remove configmap finalizer");
     let ns_uid = terminating.metadata.uid.expect("uid");
-    let ns_gone = kube::runtime::wait::await_condition(
-        nss.clone(),
-        "team-b",
-        kube::runtime::wait::conditions::is_deleted(&ns_uid),
-    );
-    tokio::time::timeout(DEADLINE, ns_gone)
-        .await
-        .expect("namespace deleted")
-        .expect("watch");
+    wait_deleted(&nss, "team-b", &ns_uid, "namespace deleted").await;
 }
 
 #[tokio::test]
