@@ -794,6 +794,13 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
         terminating.status.and_then(|s| s.phase).as_deref(),
         Some("Terminating")
     );
+    let still_terminating = async || {
+        let ns = nss.get("team-b").await.expect("namespace stays");
+        assert_eq!(
+            ns.status.and_then(|s| s.phase).as_deref(),
+            Some("Terminating")
+        );
+    };
     let e = api_error(
         pods.create(&PostParams::default(), &pod("late", json!({})))
             .await
@@ -805,11 +812,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
     wait_deleted(&pods, "p", &pod_uid, "pod deleted").await;
     let still = pods.get("held").await.expect("held pod stays");
     assert!(still.metadata.deletion_timestamp.is_some());
-    let ns_now = nss.get("team-b").await.expect("namespace stays");
-    assert_eq!(
-        ns_now.status.and_then(|s| s.phase).as_deref(),
-        Some("Terminating")
-    );
+    still_terminating().await;
     pods.patch(
         "held",
         &PatchParams::default(),
@@ -824,11 +827,7 @@ async fn deleting_a_namespace_removes_its_pods_then_itself() {
     wait_deleted(&pods, "held", &held_uid, "held pod deleted").await;
     let cm_now = cms.get("held-cm").await.expect("held configmap stays");
     assert!(cm_now.metadata.deletion_timestamp.is_some());
-    let ns_now = nss.get("team-b").await.expect("namespace stays");
-    assert_eq!(
-        ns_now.status.and_then(|s| s.phase).as_deref(),
-        Some("Terminating")
-    );
+    still_terminating().await;
     cms.patch(
         "held-cm",
         &PatchParams::default(),
